@@ -1,0 +1,1 @@
+//! AMQP topic matching: to be written.
