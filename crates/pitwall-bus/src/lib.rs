@@ -11,7 +11,8 @@
 //!
 //! This crate knows nothing of protobuf or of Pitwall's messages: payloads are bytes.
 //! Transports: [`memory::InProcessBus`] (the embedded default). RabbitMQ comes with the
-//! distributed shape and implements the same trait.
+//! distributed shape and implements the same trait; every transport must pass the suite in
+//! `conformance` (feature `testing`). Matching rules and key validation: [`topic`].
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -19,8 +20,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
 pub mod memory;
 pub mod topic;
+
+pub use memory::InProcessBus;
 
 /// The one exchange of Pitwall, type topic, durable.
 pub const EXCHANGE: &str = "pitwall.orchestration";
@@ -82,7 +87,8 @@ impl Delivery {
 /// queue for redelivery.
 #[async_trait]
 pub trait Consumer: Send {
-    /// The next delivery; `None` once the bus is closed.
+    /// The next delivery; `None` once the bus is closed. Cancel-safe: dropping the future
+    /// (e.g. in `tokio::select!` or a timeout) loses no message.
     async fn next(&mut self) -> Option<Delivery>;
 }
 
@@ -101,6 +107,11 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Messages ready (not in flight) in a queue, for tests and metrics.
     async fn queue_depth(&self, queue: &str) -> Result<usize, BusError>;
+
+    /// Shut the bus down: every consumer's `next()` returns `None`, and later declares,
+    /// publishes and consumes fail with [`BusError::Closed`]. Unacked deliveries go back to
+    /// their queues. Idempotent.
+    async fn close(&self);
 }
 
 /// Back-off used by consumers after a transport error before trying again.

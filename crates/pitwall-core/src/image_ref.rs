@@ -18,7 +18,10 @@ pub enum ImageRefError {
     #[error(
         "image reference {reference:?}: repository component {component:?} is not allowed; use lower-case letters, digits and single '.', '_' or '-' between them"
     )]
-    BadComponent { reference: String, component: String },
+    BadComponent {
+        reference: String,
+        component: String,
+    },
     #[error(
         "image reference {reference:?}: tag {tag:?} is not allowed; a tag is 1-128 characters of A-Z a-z 0-9 _ . - and does not start with '.' or '-'"
     )]
@@ -79,12 +82,15 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 fn valid_digest(d: &str) -> bool {
     d.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        h.len() == 64
+            && h.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
     })
 }
 
@@ -139,8 +145,17 @@ impl ImageRef {
                 });
             }
         }
-        let tag = if tag.is_none() && digest.is_none() { Some("latest".into()) } else { tag };
-        Ok(Self { registry, repository: parts.join("/"), tag, digest })
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".into())
+        } else {
+            tag
+        };
+        Ok(Self {
+            registry,
+            repository: parts.join("/"),
+            tag,
+            digest,
+        })
     }
 }
 
@@ -211,12 +226,33 @@ mod tests {
     #[test]
     fn refuses_bad_forms() {
         assert_eq!(ImageRef::parse(""), Err(ImageRefError::Empty));
-        assert!(matches!(ImageRef::parse("Busybox"), Err(ImageRefError::BadComponent { .. })));
-        assert!(matches!(ImageRef::parse("a..b"), Err(ImageRefError::BadComponent { .. })));
-        assert!(matches!(ImageRef::parse("a/../b"), Err(ImageRefError::BadComponent { .. })));
-        assert!(matches!(ImageRef::parse("busybox:"), Err(ImageRefError::BadTag { .. })));
-        assert!(matches!(ImageRef::parse("busybox:-x"), Err(ImageRefError::BadTag { .. })));
-        assert!(matches!(ImageRef::parse("busybox@sha256:12"), Err(ImageRefError::BadDigest { .. })));
-        assert!(matches!(ImageRef::parse(&"a".repeat(300)), Err(ImageRefError::TooLong(_))));
+        assert!(matches!(
+            ImageRef::parse("Busybox"),
+            Err(ImageRefError::BadComponent { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse("a..b"),
+            Err(ImageRefError::BadComponent { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse("a/../b"),
+            Err(ImageRefError::BadComponent { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse("busybox:"),
+            Err(ImageRefError::BadTag { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse("busybox:-x"),
+            Err(ImageRefError::BadTag { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse("busybox@sha256:12"),
+            Err(ImageRefError::BadDigest { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse(&"a".repeat(300)),
+            Err(ImageRefError::TooLong(_))
+        ));
     }
 }

@@ -17,7 +17,11 @@ pub enum NameError {
     #[error(
         "VM name {name:?} has {found:?} at position {pos}: use only lower-case letters a-z, digits 0-9 and '-'"
     )]
-    BadChar { name: String, found: char, pos: usize },
+    BadChar {
+        name: String,
+        found: char,
+        pos: usize,
+    },
     #[error("VM name {0:?} must start with a letter a-z")]
     BadStart(String),
     #[error("VM name {0:?} must not end with '-'")]
@@ -40,7 +44,11 @@ impl VmName {
         }
         for (pos, c) in s.chars().enumerate() {
             if !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-                return Err(NameError::BadChar { name: s.to_string(), found: c, pos });
+                return Err(NameError::BadChar {
+                    name: s.to_string(),
+                    found: c,
+                    pos,
+                });
             }
         }
         if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
@@ -97,10 +105,22 @@ mod tests {
     #[test]
     fn refuses_each_bad_form_with_its_reason() {
         assert_eq!(VmName::parse(""), Err(NameError::Empty));
-        assert!(matches!(VmName::parse(&"a".repeat(64)), Err(NameError::TooLong(_))));
-        assert!(matches!(VmName::parse("Web"), Err(NameError::BadChar { pos: 0, .. })));
-        assert!(matches!(VmName::parse("a_b"), Err(NameError::BadChar { found: '_', .. })));
-        assert!(matches!(VmName::parse("a/b"), Err(NameError::BadChar { .. })));
+        assert!(matches!(
+            VmName::parse(&"a".repeat(64)),
+            Err(NameError::TooLong(_))
+        ));
+        assert!(matches!(
+            VmName::parse("Web"),
+            Err(NameError::BadChar { pos: 0, .. })
+        ));
+        assert!(matches!(
+            VmName::parse("a_b"),
+            Err(NameError::BadChar { found: '_', .. })
+        ));
+        assert!(matches!(
+            VmName::parse("a/b"),
+            Err(NameError::BadChar { .. })
+        ));
         assert!(matches!(VmName::parse("1abc"), Err(NameError::BadStart(_))));
         assert!(matches!(VmName::parse("-abc"), Err(NameError::BadStart(_))));
         assert!(matches!(VmName::parse("abc-"), Err(NameError::BadEnd(_))));

@@ -13,8 +13,11 @@ pub struct Limits {
     pub disk_mib: (u32, u32),
 }
 
-pub const LIMITS: Limits =
-    Limits { vcpus: (1, 64), memory_mib: (64, 131_072), disk_mib: (16, 1_048_576) };
+pub const LIMITS: Limits = Limits {
+    vcpus: (1, 64),
+    memory_mib: (64, 131_072),
+    disk_mib: (16, 1_048_576),
+};
 
 pub const DEFAULT_VCPUS: u32 = 1;
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
@@ -23,7 +26,13 @@ pub const DEFAULT_DISK_MIB: u32 = 1024;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     #[error("{field} = {value} is out of range: give a whole number from {min} to {max}{unit}")]
-    OutOfRange { field: &'static str, value: u64, min: u32, max: u32, unit: &'static str },
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        min: u32,
+        max: u32,
+        unit: &'static str,
+    },
 }
 
 /// The user's request for one VM.
@@ -37,9 +46,20 @@ pub struct VmSpec {
     pub disk_mib: u32,
 }
 
-fn check(field: &'static str, value: u64, (min, max): (u32, u32), unit: &'static str) -> Result<u32, SpecError> {
+fn check(
+    field: &'static str,
+    value: u64,
+    (min, max): (u32, u32),
+    unit: &'static str,
+) -> Result<u32, SpecError> {
     if value < u64::from(min) || value > u64::from(max) {
-        return Err(SpecError::OutOfRange { field, value, min, max, unit });
+        return Err(SpecError::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+            unit,
+        });
     }
     // in range, so it fits
     Ok(value as u32)
@@ -58,7 +78,12 @@ impl VmSpec {
         Ok(Self {
             name,
             image,
-            vcpus: check("vcpus", vcpus.unwrap_or(DEFAULT_VCPUS.into()), LIMITS.vcpus, "")?,
+            vcpus: check(
+                "vcpus",
+                vcpus.unwrap_or(DEFAULT_VCPUS.into()),
+                LIMITS.vcpus,
+                "",
+            )?,
             memory_mib: check(
                 "memory_mib",
                 memory_mib.unwrap_or(DEFAULT_MEMORY_MIB.into()),
@@ -80,7 +105,13 @@ mod tests {
     use super::*;
 
     fn spec(v: Option<u64>, m: Option<u64>, d: Option<u64>) -> Result<VmSpec, SpecError> {
-        VmSpec::new(VmName::parse("a").unwrap(), ImageRef::parse("x").unwrap(), v, m, d)
+        VmSpec::new(
+            VmName::parse("a").unwrap(),
+            ImageRef::parse("x").unwrap(),
+            v,
+            m,
+            d,
+        )
     }
 
     #[test]
@@ -91,13 +122,31 @@ mod tests {
 
     #[test]
     fn zero_and_absurd_sizes_are_refused() {
-        assert!(matches!(spec(Some(0), None, None), Err(SpecError::OutOfRange { field: "vcpus", .. })));
-        assert!(matches!(spec(None, Some(0), None), Err(SpecError::OutOfRange { field: "memory_mib", .. })));
+        assert!(matches!(
+            spec(Some(0), None, None),
+            Err(SpecError::OutOfRange { field: "vcpus", .. })
+        ));
+        assert!(matches!(
+            spec(None, Some(0), None),
+            Err(SpecError::OutOfRange {
+                field: "memory_mib",
+                ..
+            })
+        ));
         assert!(matches!(
             spec(None, Some(u64::MAX), None),
-            Err(SpecError::OutOfRange { field: "memory_mib", .. })
+            Err(SpecError::OutOfRange {
+                field: "memory_mib",
+                ..
+            })
         ));
-        assert!(matches!(spec(None, None, Some(1 << 40)), Err(SpecError::OutOfRange { field: "disk_mib", .. })));
+        assert!(matches!(
+            spec(None, None, Some(1 << 40)),
+            Err(SpecError::OutOfRange {
+                field: "disk_mib",
+                ..
+            })
+        ));
         let msg = spec(Some(1000), None, None).unwrap_err().to_string();
         assert!(msg.contains("from 1 to 64"), "{msg}");
     }

@@ -66,7 +66,9 @@ impl VmState {
     }
 
     pub fn parse(s: &str) -> Option<VmState> {
-        Self::ALL.into_iter().find(|st| st.as_str().eq_ignore_ascii_case(s))
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
     }
 
     /// `DELETED` is the only state a VM never leaves.
@@ -76,7 +78,10 @@ impl VmState {
 
     /// Whether the guest may be executing (a VMM process may exist for it).
     pub fn may_have_vmm(self) -> bool {
-        matches!(self, VmState::Starting | VmState::Running | VmState::Stopping)
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Stopping
+        )
     }
 
     /// The lifecycle's edges. A self-transition is never a transition (callers treat a
@@ -149,9 +154,13 @@ impl DesiredState {
     }
 
     pub fn parse(s: &str) -> Option<DesiredState> {
-        [DesiredState::Running, DesiredState::Stopped, DesiredState::Deleted]
-            .into_iter()
-            .find(|d| d.as_str().eq_ignore_ascii_case(s))
+        [
+            DesiredState::Running,
+            DesiredState::Stopped,
+            DesiredState::Deleted,
+        ]
+        .into_iter()
+        .find(|d| d.as_str().eq_ignore_ascii_case(s))
     }
 
     /// Whether an actual state already satisfies this wish (nothing left to do).
@@ -227,7 +236,11 @@ mod tests {
                 if ALLOWED.contains(&(from, to)) {
                     continue;
                 }
-                assert_eq!(from.transition(to), Err(TransitionError { from, to }), "{from} -> {to}");
+                assert_eq!(
+                    from.transition(to),
+                    Err(TransitionError { from, to }),
+                    "{from} -> {to}"
+                );
                 refused += 1;
             }
         }
@@ -244,7 +257,10 @@ mod tests {
     fn names_round_trip_upper_case() {
         for s in VmState::ALL {
             assert_eq!(VmState::parse(s.as_str()), Some(s));
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
         }
         assert_eq!(VmState::parse("running"), Some(Running));
         assert_eq!(VmState::parse("nope"), None);

@@ -3,5 +3,65 @@
 //! ext4 base image built from it, cached by manifest digest.
 //!
 //! This code reads hostile input: no archive entry may write outside the root it is applied
-//! to. What it must not do: boot anything, talk to the bus or the store.
+//! to (see [`layer`](crate::layer) for the rules). What it must not do: boot anything, talk
+//! to the bus or the store. The API is blocking; async callers run it in `spawn_blocking`.
+//!
+//! Modules: `archive` (reading sources), `resolve` (index → manifest → config, selection by
+//! name and platform, digest checks), `layer` (safe apply with whiteouts), `rootfs` (layers
+//! in order, decompression, diff_id checks), `ext4` (`mkfs.ext4 -d`), `cache` (the on-disk
+//! cache, locking, references), [`build`] (writing OCI layouts, for tests and demos).
 #![forbid(unsafe_code)]
+
+mod archive;
+pub mod build;
+mod cache;
+mod digest;
+mod error;
+mod ext4;
+mod layer;
+mod oci;
+mod resolve;
+mod rootfs;
+#[cfg(test)]
+mod testutil;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use cache::{host_architecture, ImageCache, ImportOptions};
+pub use error::ImageError;
+pub use ext4::BASE_LABEL;
+
+/// The run configuration of an image: the `config` object of its OCI image configuration
+/// (`Entrypoint`, `Cmd`, `Env`, `WorkingDir`, `User`, the keys of `ExposedPorts`). Absent or
+/// null fields are empty.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=value` strings.
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    /// `80/tcp`-style keys, sorted.
+    pub exposed_ports: Vec<String>,
+}
+
+/// An imported image, as one reference names it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The reference in canonical form (`busybox` → `busybox:latest`).
+    pub reference: String,
+    /// `sha256:…` of the image manifest for an OCI layout (the platform's manifest, not the
+    /// index). For a `docker save` archive, which carries no manifest blob, the sha256 of the
+    /// config blob (docker's image ID). The cache is keyed by it.
+    pub digest: String,
+    /// The read-only ext4 base image, labelled [`BASE_LABEL`]. Shared by every VM of this
+    /// image: open it read-only.
+    pub rootfs: PathBuf,
+    /// Size of the ext4 file in bytes.
+    pub size_bytes: u64,
+    pub config: ImageConfig,
+}

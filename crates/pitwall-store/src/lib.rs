@@ -7,10 +7,14 @@
 //! The store never decides lifecycle rules itself beyond what keeps it consistent: it refuses
 //! a status report whose transition `pitwall-core` forbids, and one older than what it holds.
 //! It never links host-side crates.
+//!
+//! What every implementation must do is pinned by the suite in `tests/suite/` (one async
+//! function per behaviour, taking a fresh store); `tests/sqlite_store.rs` runs it against the
+//! SQLite store in memory and on a file, and a PostgreSQL store is to run it the same way.
 #![forbid(unsafe_code)]
 
 use async_trait::async_trait;
-use pitwall_core::{DesiredState, VmId, VmSpec, VmState};
+use pitwall_core::{DesiredState, TransitionError, VmId, VmSpec, VmState};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -26,6 +30,14 @@ pub enum StoreError {
     NoSuchImage(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "cannot open the store database {}: {source}; check that the directory exists or can be created and is writable",
+        path.display()
+    )]
+    Open {
+        path: std::path::PathBuf,
+        source: sqlx::Error,
+    },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
@@ -45,12 +57,38 @@ pub struct VmRecord {
     pub generation: u64,
     /// Last state reported by the host (or set by the control plane: PENDING, LOST).
     pub state: VmState,
-    /// Generation the last reported state answered to.
+    /// Generation the last reported state answered to (0: no report yet).
     pub state_generation: u64,
     /// Human reason for FAILED, or for a STOPPED the guest chose itself.
     pub reason: Option<String>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+}
+
+impl VmRecord {
+    /// A VM as [`Store::create_vm`] stores it: PENDING, generation 1, no state reported yet
+    /// (`state_generation` 0), no host, no reason, created and updated `now`.
+    pub fn new(
+        id: VmId,
+        spec: VmSpec,
+        owner: impl Into<String>,
+        desired: DesiredState,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id,
+            spec,
+            owner: owner.into(),
+            host: None,
+            desired,
+            generation: 1,
+            state: VmState::Pending,
+            state_generation: 0,
+            reason: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
 }
 
 /// An image registered in the cluster (imported or pulled on a host).
@@ -82,6 +120,9 @@ pub struct EventRecord {
 }
 
 /// Outcome of [`Store::record_status`].
+// One value per status report, moved once and never stored in bulk: the size difference does not
+// matter, and an unboxed record keeps `StatusOutcome::Applied(vm)` patterns plain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum StatusOutcome {
     /// Applied; the VM now has this state (an event was appended).
@@ -95,9 +136,10 @@ pub enum StatusOutcome {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Insert a new VM (state PENDING, desired as given, generation 1). Fails with
+    /// Insert a new VM (state PENDING, desired as given, generation 1, state_generation 0, no
+    /// reason: those fields of `vm` are not read, see [`VmRecord::new`]). Fails with
     /// [`StoreError::NameTaken`] when a VM of that name exists and is not DELETED. Appends a
-    /// PENDING event.
+    /// PENDING event in the same transaction.
     async fn create_vm(&self, vm: &VmRecord) -> Result<(), StoreError>;
 
     /// The live (not DELETED) VM of that name.
@@ -138,4 +180,139 @@ pub trait Store: Send + Sync + 'static {
 
     /// Remove an image record; returns whether it existed.
     async fn delete_image(&self, reference: &str) -> Result<bool, StoreError>;
+}
+
+/// The rule of [`Store::record_status`], shared by every implementation: `None` when the report
+/// is to be applied, else the outcome that refuses it. Generations are stored as signed 64-bit
+/// integers (SQL `BIGINT`), so a report beyond `i64::MAX` is refused too.
+pub(crate) fn judge_status(
+    current: &VmRecord,
+    state: VmState,
+    generation: u64,
+) -> Option<StatusOutcome> {
+    if i64::try_from(generation).is_err() {
+        return Some(StatusOutcome::Stale(format!(
+            "report of {state} at generation {generation} is beyond any generation the store holds"
+        )));
+    }
+    if generation < current.state_generation {
+        return Some(StatusOutcome::Stale(format!(
+            "report of {state} at generation {generation} is older than the held {} at generation {}",
+            current.state, current.state_generation
+        )));
+    }
+    if state == current.state {
+        return (generation == current.state_generation).then_some(StatusOutcome::Duplicate);
+    }
+    if !current.state.can_transition_to(state) {
+        return Some(StatusOutcome::Stale(
+            TransitionError {
+                from: current.state,
+                to: state,
+            }
+            .to_string(),
+        ));
+    }
+    None
+}
+
+/// Reasons are kept for FAILED and STOPPED only.
+pub(crate) fn kept_reason(state: VmState, reason: Option<&str>) -> Option<&str> {
+    matches!(state, VmState::Failed | VmState::Stopped)
+        .then_some(reason)
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use pitwall_core::{ImageRef, VmName};
+
+    use super::*;
+
+    fn vm(state: VmState, state_generation: u64) -> VmRecord {
+        let spec = VmSpec::new(
+            VmName::parse("a").unwrap(),
+            ImageRef::parse("busybox").unwrap(),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        let mut vm = VmRecord::new(
+            VmId::nil(),
+            spec,
+            "alice",
+            DesiredState::Running,
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        vm.state = state;
+        vm.state_generation = state_generation;
+        vm
+    }
+
+    #[test]
+    fn legal_transition_at_same_or_newer_generation_applies() {
+        assert_eq!(
+            judge_status(&vm(VmState::Pending, 1), VmState::Creating, 1),
+            None
+        );
+        assert_eq!(
+            judge_status(&vm(VmState::Pending, 1), VmState::Creating, 2),
+            None
+        );
+    }
+
+    #[test]
+    fn same_state_and_generation_is_a_duplicate() {
+        assert_eq!(
+            judge_status(&vm(VmState::Running, 3), VmState::Running, 3),
+            Some(StatusOutcome::Duplicate)
+        );
+    }
+
+    #[test]
+    fn same_state_at_newer_generation_applies() {
+        assert_eq!(
+            judge_status(&vm(VmState::Running, 3), VmState::Running, 4),
+            None
+        );
+    }
+
+    #[test]
+    fn older_generation_is_stale_even_for_a_legal_transition() {
+        let Some(StatusOutcome::Stale(why)) =
+            judge_status(&vm(VmState::Running, 3), VmState::Stopping, 2)
+        else {
+            panic!("expected stale");
+        };
+        assert!(why.contains("older"), "{why}");
+    }
+
+    #[test]
+    fn illegal_transition_is_stale_and_names_both_states() {
+        let Some(StatusOutcome::Stale(why)) =
+            judge_status(&vm(VmState::Pending, 1), VmState::Running, 1)
+        else {
+            panic!("expected stale");
+        };
+        assert!(why.contains("PENDING") && why.contains("RUNNING"), "{why}");
+    }
+
+    #[test]
+    fn generation_beyond_bigint_is_refused() {
+        assert!(matches!(
+            judge_status(&vm(VmState::Pending, 1), VmState::Creating, u64::MAX),
+            Some(StatusOutcome::Stale(_))
+        ));
+    }
+
+    #[test]
+    fn reason_kept_only_for_failed_and_stopped() {
+        for state in VmState::ALL {
+            let kept = kept_reason(state, Some("why"));
+            let expect = matches!(state, VmState::Failed | VmState::Stopped);
+            assert_eq!(kept.is_some(), expect, "{state}");
+        }
+        assert_eq!(kept_reason(VmState::Failed, None), None);
+    }
 }

@@ -1,1 +1,596 @@
-//! SQLite store: to be written.
+//! The SQLite store: the embedded default of `pitwalld all` (one database file in WAL mode)
+//! and, in memory, the store of unit tests.
+//!
+//! Queries are built at run time (`sqlx::query` with binds), not checked at compile time: there
+//! is no database at build time. The schema lives in `migrations/` (embedded with
+//! `sqlx::migrate!`, applied on open) and is plain SQL that fits PostgreSQL too; see the
+//! comments in `0001_init.sql` for the conventions (TEXT UUIDs, BIGINT integers, TEXT RFC 3339
+//! UTC timestamps with nine fraction digits).
+//!
+//! Concurrency: every read-then-write runs in a transaction opened with `BEGIN IMMEDIATE`, which
+//! takes SQLite's write lock up front. A deferred transaction would read first and try to
+//! upgrade to a write lock later, and two of those can deadlock (`SQLITE_BUSY` without waiting
+//! for the busy timeout). Writers therefore queue on the lock (for up to [`BUSY_TIMEOUT`]) and
+//! see each other's committed work; readers are never blocked (WAL). A PostgreSQL store gets the
+//! same effect with `SELECT … FOR UPDATE` in its transactions.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pitwall_core::{DesiredState, ImageRef, VmId, VmName, VmSpec, VmState};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use time::format_description::well_known::Rfc3339;
+use time::format_description::BorrowedFormatItem;
+use time::{OffsetDateTime, UtcOffset};
+
+use crate::{
+    judge_status, kept_reason, EventRecord, ImageRecord, StatusOutcome, Store, StoreError, VmRecord,
+};
+
+/// How long a writer waits for SQLite's write lock before giving up with "database is locked".
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections of a file store's pool. Writers take turns on one lock anyway; the rest serve
+/// concurrent readers.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// Opens a transaction holding the write lock from its first statement (see the module doc).
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Timestamps as stored: RFC 3339, UTC, fixed width, so text order is time order.
+const TIMESTAMP: &[BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+);
+
+macro_rules! vm_columns {
+    () => {
+        "id, name, owner, image, vcpus, memory_mib, disk_mib, host, desired, generation, state, \
+         state_generation, reason, created_at, updated_at"
+    };
+}
+
+macro_rules! image_columns {
+    () => {
+        "reference, digest, size_bytes, config, host, created_at"
+    };
+}
+
+macro_rules! event_columns {
+    () => {
+        "seq, vm_id, vm_name, state, generation, reason, at"
+    };
+}
+
+const SELECT_VM_BY_ID: &str = concat!("SELECT ", vm_columns!(), " FROM vms WHERE id = ?");
+const SELECT_LIVE_VM_BY_NAME: &str = concat!(
+    "SELECT ",
+    vm_columns!(),
+    " FROM vms WHERE name = ? AND state <> 'DELETED'"
+);
+const LIST_LIVE_VMS: &str = concat!(
+    "SELECT ",
+    vm_columns!(),
+    " FROM vms WHERE state <> 'DELETED' ORDER BY name"
+);
+const LIVE_NAME_EXISTS: &str = "SELECT 1 FROM vms WHERE name = ? AND state <> 'DELETED'";
+const INSERT_VM: &str = concat!(
+    "INSERT INTO vms (",
+    vm_columns!(),
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+);
+const SET_DESIRED: &str = concat!(
+    "UPDATE vms SET desired = ?, generation = generation + 1, updated_at = ? WHERE id = ? \
+     RETURNING ",
+    vm_columns!()
+);
+const SET_HOST: &str = "UPDATE vms SET host = ?, updated_at = ? WHERE id = ?";
+const APPLY_STATUS: &str = concat!(
+    "UPDATE vms SET state = ?, state_generation = ?, reason = ?, updated_at = ? WHERE id = ? \
+     RETURNING ",
+    vm_columns!()
+);
+const INSERT_EVENT: &str =
+    "INSERT INTO events (vm_id, vm_name, state, generation, reason, at) VALUES (?, ?, ?, ?, ?, ?)";
+const EVENTS_SINCE: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+);
+const PUT_IMAGE: &str = concat!(
+    "INSERT INTO images (",
+    image_columns!(),
+    ") VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (reference) DO UPDATE SET digest = excluded.digest, \
+     size_bytes = excluded.size_bytes, config = excluded.config, host = excluded.host, \
+     created_at = excluded.created_at"
+);
+const GET_IMAGE: &str = concat!(
+    "SELECT ",
+    image_columns!(),
+    " FROM images WHERE reference = ?"
+);
+const LIST_IMAGES: &str = concat!(
+    "SELECT ",
+    image_columns!(),
+    " FROM images ORDER BY reference"
+);
+const DELETE_IMAGE: &str = "DELETE FROM images WHERE reference = ?";
+
+/// The [`Store`] on SQLite. Cheap to clone (a handle on one connection pool).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating it, and its directory, when missing) the database file at `path`, in WAL
+    /// mode with full fsync on commit, foreign keys enforced and a busy timeout of
+    /// [`BUSY_TIMEOUT`], and bring its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| open_error(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        let store = Self::migrated(pool).await?;
+        tracing::info!(path = %path.display(), "store opened");
+        Ok(store)
+    }
+
+    /// A fresh, empty store in memory, private to this value and its clones; gone when the last
+    /// clone is dropped.
+    ///
+    /// It runs on a single connection that is never recycled: each SQLite connection to
+    /// `:memory:` would otherwise open a database of its own (sqlx names it for a shared cache,
+    /// but shared-cache locking fails fast with `SQLITE_LOCKED` rather than waiting). Callers
+    /// take turns on that connection, which also serialises writers.
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Self::migrated(pool).await
+    }
+
+    /// Close every connection, waiting for those in use to be returned (and, for a file, the
+    /// WAL to be checkpointed). Calls made afterwards fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrated(pool: SqlitePool) -> Result<Self, StoreError> {
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with(BEGIN_WRITE).await?)
+    }
+}
+
+/// Semantics, for every implementation of [`Store`] (the suite in `tests/suite/` pins them):
+///
+/// - `create_vm` inserts the VM as PENDING at generation 1 with `state_generation` 0 and no
+///   reason, and appends its PENDING event, in one transaction. A live (not DELETED) VM of the
+///   same name makes it fail with [`StoreError::NameTaken`] and change nothing (the partial
+///   unique index `vms_live_name` decides, so concurrent creates cannot both win).
+/// - `get_vm` and `list_vms` (ordered by name) see only VMs that are not DELETED: a deleted
+///   VM's name is free for a new VM. `get_vm_by_id` sees every VM, DELETED included.
+/// - `set_desired` sets the desired state and bumps the generation in one statement; `set_host`
+///   sets the host. Both fail with [`StoreError::NoSuchVm`] for an unknown id.
+/// - `record_status` reads the VM and decides in one write transaction, so concurrent reports
+///   are judged one after the other: a generation older than `state_generation` is
+///   [`StatusOutcome::Stale`]; the held state at the held generation is
+///   [`StatusOutcome::Duplicate`]; the held state at a newer generation is applied; another
+///   state is applied only when `VmState::can_transition_to` allows it, else Stale naming
+///   both states. Applying sets state, `state_generation` (the reported one, never lower),
+///   reason (kept for FAILED and STOPPED only), `updated_at`, and appends an event. Nothing
+///   changes when refused.
+/// - `events_since` returns events with `seq > after` in `seq` order, at most `limit`; `seq`
+///   starts at 1 and grows with every event, in commit order.
+/// - Images: `put_image` inserts or replaces by reference, `list_images` orders by reference,
+///   `delete_image` says whether the image existed.
+/// - A stored value that does not decode (an unknown state, a malformed id, name, image
+///   reference, timestamp or JSON, a negative count) is [`StoreError::Corrupt`] naming the table,
+///   row and column.
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
+        let name = vm.spec.name.as_str();
+        let created_at = encode_time("created_at", vm.created_at)?;
+        let updated_at = encode_time("updated_at", vm.updated_at)?;
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(INSERT_VM)
+            .bind(vm.id.to_string())
+            .bind(name)
+            .bind(&vm.owner)
+            .bind(vm.spec.image.to_string())
+            .bind(i64::from(vm.spec.vcpus))
+            .bind(i64::from(vm.spec.memory_mib))
+            .bind(i64::from(vm.spec.disk_mib))
+            .bind(vm.host.as_deref())
+            .bind(vm.desired.as_str())
+            .bind(1_i64)
+            .bind(VmState::Pending.as_str())
+            .bind(0_i64)
+            .bind(None::<&str>)
+            .bind(&created_at)
+            .bind(&updated_at)
+            .execute(&mut *tx)
+            .await;
+        if let Err(e) = inserted {
+            // A unique violation is either the live name or (a caller's bug) a reused id.
+            if is_unique_violation(&e) {
+                let live = sqlx::query(LIVE_NAME_EXISTS)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.rollback().await?;
+                if live.is_some() {
+                    tracing::debug!(vm = name, "create refused: name taken");
+                    return Err(StoreError::NameTaken(name.to_string()));
+                }
+            }
+            return Err(e.into());
+        }
+        insert_event(&mut tx, vm.id, name, VmState::Pending, 1, None).await?;
+        tx.commit().await?;
+        tracing::debug!(vm_id = %vm.id, vm = name, owner = %vm.owner, "VM created");
+        Ok(())
+    }
+
+    async fn get_vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
+        let row = sqlx::query(SELECT_LIVE_VM_BY_NAME)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_vm).transpose()
+    }
+
+    async fn get_vm_by_id(&self, id: VmId) -> Result<Option<VmRecord>, StoreError> {
+        let row = sqlx::query(SELECT_VM_BY_ID)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_vm).transpose()
+    }
+
+    async fn list_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
+        let rows = sqlx::query(LIST_LIVE_VMS).fetch_all(&self.pool).await?;
+        rows.iter().map(decode_vm).collect()
+    }
+
+    async fn set_desired(&self, id: VmId, desired: DesiredState) -> Result<VmRecord, StoreError> {
+        let row = sqlx::query(SET_DESIRED)
+            .bind(desired.as_str())
+            .bind(now()?)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchVm(id.to_string()))?;
+        let vm = decode_vm(&row)?;
+        tracing::debug!(vm_id = %id, %desired, generation = vm.generation, "desired state set");
+        Ok(vm)
+    }
+
+    async fn set_host(&self, id: VmId, host: &str) -> Result<(), StoreError> {
+        let done = sqlx::query(SET_HOST)
+            .bind(host)
+            .bind(now()?)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchVm(id.to_string()));
+        }
+        tracing::debug!(vm_id = %id, host, "VM placed");
+        Ok(())
+    }
+
+    async fn record_status(
+        &self,
+        id: VmId,
+        state: VmState,
+        generation: u64,
+        reason: Option<&str>,
+    ) -> Result<StatusOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(SELECT_VM_BY_ID)
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Err(StoreError::NoSuchVm(id.to_string()));
+        };
+        let current = decode_vm(&row)?;
+        if let Some(refused) = judge_status(&current, state, generation) {
+            tx.rollback().await?;
+            tracing::debug!(vm_id = %id, %state, generation, outcome = ?refused, "status not applied");
+            return Ok(refused);
+        }
+        // judge_status refuses generations beyond i64::MAX
+        let stored_generation = to_bigint("generation", generation)?;
+        let reason = kept_reason(state, reason);
+        let row = sqlx::query(APPLY_STATUS)
+            .bind(state.as_str())
+            .bind(stored_generation)
+            .bind(reason)
+            .bind(now()?)
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        let updated = decode_vm(&row)?;
+        insert_event(
+            &mut tx,
+            id,
+            updated.spec.name.as_str(),
+            state,
+            stored_generation,
+            reason,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::debug!(
+            vm_id = %id, vm = %updated.spec.name, from = %current.state, to = %state, generation,
+            "VM state recorded"
+        );
+        Ok(StatusOutcome::Applied(updated))
+    }
+
+    async fn events_since(&self, after: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+        // every stored seq fits an i64, so nothing lies after a larger `after`
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = sqlx::query(EVENTS_SINCE)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    async fn put_image(&self, image: &ImageRecord) -> Result<(), StoreError> {
+        sqlx::query(PUT_IMAGE)
+            .bind(&image.reference)
+            .bind(&image.digest)
+            .bind(to_bigint("size_bytes", image.size_bytes)?)
+            .bind(image.config.to_string())
+            .bind(&image.host)
+            .bind(encode_time("created_at", image.created_at)?)
+            .execute(&self.pool)
+            .await?;
+        tracing::debug!(image = %image.reference, digest = %image.digest, "image registered");
+        Ok(())
+    }
+
+    async fn get_image(&self, reference: &str) -> Result<Option<ImageRecord>, StoreError> {
+        let row = sqlx::query(GET_IMAGE)
+            .bind(reference)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_image).transpose()
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let rows = sqlx::query(LIST_IMAGES).fetch_all(&self.pool).await?;
+        rows.iter().map(decode_image).collect()
+    }
+
+    async fn delete_image(&self, reference: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(DELETE_IMAGE)
+            .bind(reference)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'static, Sqlite>,
+    vm_id: VmId,
+    vm_name: &str,
+    state: VmState,
+    generation: i64,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(INSERT_EVENT)
+        .bind(vm_id.to_string())
+        .bind(vm_name)
+        .bind(state.as_str())
+        .bind(generation)
+        .bind(reason)
+        .bind(now()?)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+/// A value the schema cannot hold, refused before it reaches the database.
+fn unstorable(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(sqlx::Error::Encode(
+        format!("cannot store {what}: {detail}").into(),
+    ))
+}
+
+fn to_bigint(what: &str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| unstorable(what, format_args!("{value} exceeds a BIGINT")))
+}
+
+fn now() -> Result<String, StoreError> {
+    encode_time("the current time", OffsetDateTime::now_utc())
+}
+
+fn encode_time(what: &str, at: OffsetDateTime) -> Result<String, StoreError> {
+    let utc = at
+        .checked_to_offset(UtcOffset::UTC)
+        .filter(|t| (0..=9999).contains(&t.year()))
+        .ok_or_else(|| unstorable(what, format_args!("{at} is outside years 0000-9999")))?;
+    utc.format(TIMESTAMP).map_err(|e| unstorable(what, e))
+}
+
+/// Reads the columns of one row, reporting what does not decode as [`StoreError::Corrupt`]
+/// with the table, row and column.
+struct Cells<'r> {
+    row: &'r SqliteRow,
+    at: String,
+}
+
+impl<'r> Cells<'r> {
+    fn corrupt(&self, column: &str, detail: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt(format!("{}, column {column}: {detail}", self.at))
+    }
+
+    fn get<T>(&self, column: &str) -> Result<T, StoreError>
+    where
+        T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+    {
+        self.row.try_get(column).map_err(|e| match e {
+            sqlx::Error::ColumnDecode { source, .. } => self.corrupt(column, source),
+            other => StoreError::Database(other),
+        })
+    }
+
+    fn unsigned<T: TryFrom<i64>>(&self, column: &str) -> Result<T, StoreError> {
+        let value: i64 = self.get(column)?;
+        T::try_from(value)
+            .map_err(|_| self.corrupt(column, format_args!("{value} is out of range")))
+    }
+
+    fn time(&self, column: &str) -> Result<OffsetDateTime, StoreError> {
+        let text: String = self.get(column)?;
+        OffsetDateTime::parse(&text, &Rfc3339).map_err(|e| {
+            self.corrupt(
+                column,
+                format_args!("{text:?} is not an RFC 3339 time: {e}"),
+            )
+        })
+    }
+
+    fn state(&self, column: &str) -> Result<VmState, StoreError> {
+        let text: String = self.get(column)?;
+        VmState::parse(&text)
+            .ok_or_else(|| self.corrupt(column, format_args!("{text:?} is not a VM state")))
+    }
+}
+
+fn decode_vm(row: &SqliteRow) -> Result<VmRecord, StoreError> {
+    let raw_id: String = Cells {
+        row,
+        at: "vms row".into(),
+    }
+    .get("id")?;
+    let c = Cells {
+        row,
+        at: format!("vms row {raw_id}"),
+    };
+    let id = VmId::parse_str(&raw_id).map_err(|e| c.corrupt("id", e))?;
+    let name: String = c.get("name")?;
+    let name = VmName::parse(&name).map_err(|e| c.corrupt("name", e))?;
+    let image: String = c.get("image")?;
+    let image = ImageRef::parse(&image).map_err(|e| c.corrupt("image", e))?;
+    let desired: String = c.get("desired")?;
+    let desired = DesiredState::parse(&desired).ok_or_else(|| {
+        c.corrupt(
+            "desired",
+            format_args!("{desired:?} is not a desired state"),
+        )
+    })?;
+    Ok(VmRecord {
+        id,
+        spec: VmSpec {
+            name,
+            image,
+            vcpus: c.unsigned("vcpus")?,
+            memory_mib: c.unsigned("memory_mib")?,
+            disk_mib: c.unsigned("disk_mib")?,
+        },
+        owner: c.get("owner")?,
+        host: c.get("host")?,
+        desired,
+        generation: c.unsigned("generation")?,
+        state: c.state("state")?,
+        state_generation: c.unsigned("state_generation")?,
+        reason: c.get("reason")?,
+        created_at: c.time("created_at")?,
+        updated_at: c.time("updated_at")?,
+    })
+}
+
+fn decode_event(row: &SqliteRow) -> Result<EventRecord, StoreError> {
+    let seq: i64 = Cells {
+        row,
+        at: "events row".into(),
+    }
+    .get("seq")?;
+    let c = Cells {
+        row,
+        at: format!("events row seq={seq}"),
+    };
+    let raw_id: String = c.get("vm_id")?;
+    Ok(EventRecord {
+        seq: u64::try_from(seq).map_err(|_| c.corrupt("seq", "negative"))?,
+        vm_id: VmId::parse_str(&raw_id).map_err(|e| c.corrupt("vm_id", e))?,
+        vm_name: c.get("vm_name")?,
+        state: c.state("state")?,
+        generation: c.unsigned("generation")?,
+        reason: c.get("reason")?,
+        at: c.time("at")?,
+    })
+}
+
+fn decode_image(row: &SqliteRow) -> Result<ImageRecord, StoreError> {
+    let reference: String = Cells {
+        row,
+        at: "images row".into(),
+    }
+    .get("reference")?;
+    let c = Cells {
+        row,
+        at: format!("images row {reference}"),
+    };
+    let config: String = c.get("config")?;
+    Ok(ImageRecord {
+        config: serde_json::from_str(&config)
+            .map_err(|e| c.corrupt("config", format_args!("not JSON: {e}")))?,
+        digest: c.get("digest")?,
+        size_bytes: c.unsigned("size_bytes")?,
+        host: c.get("host")?,
+        created_at: c.time("created_at")?,
+        reference,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,219 @@
-//! To be written.
+//! The small disks every VM gets beside the shared base image: its writable data disk (an
+//! empty ext4 the guest overlays on the base) and its config disk (the `GuestConfig`
+//! powerunit boots from).
+//!
+//! Config disk format (agent.proto): 8 bytes magic `PWCONF01`, a little-endian `u32`
+//! length, the prost-encoded `GuestConfig`, zero-padded to a multiple of 4096 bytes
+//! (virtio-blk exposes whole 512-byte sectors).
+
+use std::path::Path;
+use std::process::Command;
+
+use pitwall_proto::v1::GuestConfig;
+use prost::Message;
+
+use crate::VmmError;
+
+pub const CONFIG_MAGIC: &[u8; 8] = b"PWCONF01";
+const CONFIG_ALIGN: usize = 4096;
+/// ext4 volume labels are at most 16 bytes.
+pub const MAX_LABEL_LEN: usize = 16;
+
+fn disk_err(path: &Path, why: impl Into<String>) -> VmmError {
+    VmmError::Disk {
+        path: path.to_path_buf(),
+        why: why.into(),
+    }
+}
+
+/// Create (or overwrite) a sparse file of `size_mib` MiB holding an empty ext4 labelled
+/// `label`. Inode tables and journal are initialised lazily, so this takes milliseconds.
+pub fn create_data_disk(path: &Path, size_mib: u64, label: &str) -> Result<(), VmmError> {
+    if label.is_empty() || label.len() > MAX_LABEL_LEN {
+        return Err(disk_err(
+            path,
+            format!("label {label:?} must be 1 to {MAX_LABEL_LEN} bytes"),
+        ));
+    }
+    if size_mib < 2 {
+        return Err(disk_err(
+            path,
+            format!("{size_mib} MiB is too small for ext4 (2 MiB at least)"),
+        ));
+    }
+    let file = std::fs::File::create(path).map_err(|source| VmmError::Io {
+        what: "create data disk",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    file.set_len(size_mib << 20)
+        .map_err(|source| VmmError::Io {
+            what: "size data disk",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    drop(file);
+    let out = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            label,
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+        ])
+        .arg(path)
+        .output()
+        .map_err(|e| {
+            disk_err(
+                path,
+                format!("cannot run mkfs.ext4 (install e2fsprogs): {e}"),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(disk_err(
+            path,
+            format!(
+                "mkfs.ext4 failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The bytes of a config disk holding `cfg`.
+pub fn encode_config(cfg: &GuestConfig) -> Vec<u8> {
+    let body = cfg.encode_to_vec();
+    let mut disk = Vec::with_capacity(12 + body.len() + CONFIG_ALIGN);
+    disk.extend_from_slice(CONFIG_MAGIC);
+    disk.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    disk.extend_from_slice(&body);
+    disk.resize(disk.len().div_ceil(CONFIG_ALIGN) * CONFIG_ALIGN, 0);
+    disk
+}
+
+/// Write the config disk for `cfg` to `path` (atomically: a temporary file renamed over it).
+pub fn write_config_disk(path: &Path, cfg: &GuestConfig) -> Result<(), VmmError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let io = |what| {
+        move |source| VmmError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("create config disk"))?;
+    std::fs::write(tmp.path(), encode_config(cfg)).map_err(io("write config disk"))?;
+    tmp.persist(path).map_err(|e| VmmError::Io {
+        what: "write config disk",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Read back a config disk (for inspection and tests).
+pub fn read_config_disk(path: &Path) -> Result<GuestConfig, VmmError> {
+    let bytes = std::fs::read(path).map_err(|source| VmmError::Io {
+        what: "read config disk",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.len() < 12 || &bytes[..8] != CONFIG_MAGIC {
+        return Err(disk_err(path, "no PWCONF01 magic: not a config disk"));
+    }
+    let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+    let body = bytes
+        .get(12..12 + len)
+        .ok_or_else(|| disk_err(path, "config disk is truncated"))?;
+    GuestConfig::decode(body).map_err(|e| disk_err(path, format!("config does not decode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> GuestConfig {
+        GuestConfig {
+            vm_id: "0192-abc".into(),
+            hostname: "web-1".into(),
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["A=1".into()],
+            working_dir: "/srv".into(),
+            user: "1000:1000".into(),
+            base_label: crate::BASE_LABEL.into(),
+            data_label: crate::DATA_LABEL.into(),
+        }
+    }
+
+    #[test]
+    fn config_disk_is_magic_length_message_padded_to_4k() {
+        let cfg = sample();
+        let bytes = encode_config(&cfg);
+        let body = cfg.encode_to_vec();
+        assert_eq!(&bytes[..8], b"PWCONF01");
+        assert_eq!(
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            body.len()
+        );
+        assert_eq!(&bytes[12..12 + body.len()], &body[..]);
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes[12 + body.len()..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_large_config_is_padded_to_the_next_4k() {
+        let cfg = GuestConfig {
+            env: vec!["X=".to_string() + &"y".repeat(5000)],
+            ..sample()
+        };
+        assert_eq!(encode_config(&cfg).len(), 8192);
+    }
+
+    #[test]
+    fn the_guest_reads_what_the_host_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.img");
+        write_config_disk(&path, &sample()).unwrap();
+        assert_eq!(read_config_disk(&path).unwrap(), sample());
+        let mut f = std::fs::File::open(&path).unwrap();
+        match powerunit::disks::classify(&mut f).unwrap() {
+            powerunit::disks::DiskKind::Config(cfg) => assert_eq!(*cfg, sample()),
+            other => panic!("powerunit sees {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_data_disk_is_a_sparse_ext4_with_the_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.img");
+        create_data_disk(&path, 64, crate::DATA_LABEL).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 64 << 20);
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 < meta.len() / 4,
+            "not sparse: {} blocks",
+            meta.blocks()
+        );
+        let mut f = std::fs::File::open(&path).unwrap();
+        assert_eq!(
+            powerunit::disks::classify(&mut f).unwrap(),
+            powerunit::disks::DiskKind::Ext4 {
+                label: crate::DATA_LABEL.into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_label_longer_than_ext4_allows_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = create_data_disk(&dir.path().join("d.img"), 8, "seventeen-bytes-x").unwrap_err();
+        assert!(e.to_string().contains("1 to 16 bytes"), "{e}");
+    }
+}

@@ -12,9 +12,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod accel;
 pub mod disk;
+pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
+
+pub use accel::detect_accel;
+pub use qemu::{QemuInstance, QemuVmm};
 
 /// Filesystem label of the shared read-only base image (set when the image is built).
 pub const BASE_LABEL: &str = "pw-base";
@@ -25,16 +30,36 @@ pub const DATA_LABEL: &str = "pw-data";
 pub enum VmmError {
     #[error("cannot start the VMM for VM {vm}: {why}")]
     Launch { vm: String, why: String },
-    #[error("VM {vm}: the guest did not become ready within {timeout:?}; its console log is {console}")]
-    ReadyTimeout { vm: String, timeout: Duration, console: PathBuf },
-    #[error("VM {vm}: the VMM exited before the guest was ready ({exit}); its console log is {console}")]
-    ExitedEarly { vm: String, exit: String, console: PathBuf },
+    #[error(
+        "VM {vm}: the guest did not become ready within {timeout:?}; its console log is {console}"
+    )]
+    ReadyTimeout {
+        vm: String,
+        timeout: Duration,
+        console: PathBuf,
+    },
+    #[error(
+        "VM {vm}: the VMM exited before the guest was ready ({exit}); its console log is {console}"
+    )]
+    ExitedEarly {
+        vm: String,
+        exit: String,
+        console: PathBuf,
+    },
     #[error("VM {vm}: the guest reported a boot failure: {why}")]
     GuestFailed { vm: String, why: String },
     #[error("VM {vm}: {op} failed: {why}")]
-    Control { vm: String, op: &'static str, why: String },
+    Control {
+        vm: String,
+        op: &'static str,
+        why: String,
+    },
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("guest kernel: {0}")]
     Kernel(String),
     #[error("disk {path}: {why}")]
@@ -77,7 +102,8 @@ pub struct VmConfig {
 /// How a VMM process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit {
-    /// Exit status of the VMM process, when known (not known for a re-attached process).
+    /// Exit status of the VMM process, when known. QEMU daemonizes (it is never the host
+    /// daemon's child), so its driver cannot know it and reports `None`.
     pub vmm_status: Option<i32>,
     /// Exit code the guest's workload reported through the agent, when it did.
     pub workload_code: Option<i32>,

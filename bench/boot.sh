@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Boot benchmark (see bench/boot.rs). Builds in release, prints JSON on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh >&2
+cargo build --release --quiet --workspace --bins
+PITWALL_BIN_DIR="$PWD/target/release" exec target/release/bench-boot "${1:-5}"

@@ -1,0 +1,347 @@
+//! Typed HTTP client for API v1.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+
+use crate::types::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("invalid API URL {url:?}: {why}; give it as http://HOST:PORT")]
+    BadUrl { url: String, why: String },
+    #[error("cannot reach the Pitwall API at {url}: {why} (is pitwalld running? set --api or PITWALL_API)")]
+    Connect { url: String, why: String },
+    #[error("talking to the Pitwall API at {url}: {why}")]
+    Transport { url: String, why: String },
+    #[error("the Pitwall API at {url} did not answer in time")]
+    Timeout { url: String },
+    #[error("unexpected answer from the Pitwall API ({status}): {why}")]
+    Decode { status: u16, why: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// The API error code, when the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A client for one Pitwall API endpoint.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: url::Url,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let base_url = url::Url::parse(base).map_err(|e| ClientError::BadUrl {
+            url: base.into(),
+            why: e.to_string(),
+        })?;
+        if !matches!(base_url.scheme(), "http" | "https") {
+            return Err(ClientError::BadUrl {
+                url: base.into(),
+                why: format!("scheme {:?} is not http or https", base_url.scheme()),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base.into(),
+                why: e.to_string(),
+            })?;
+        Ok(Self {
+            base: base_url,
+            http,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base.as_str().trim_end_matches('/'), path)
+    }
+
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        let url = self.base.to_string();
+        if e.is_connect() {
+            ClientError::Connect {
+                url,
+                why: root_cause(&e),
+            }
+        } else if e.is_timeout() {
+            ClientError::Timeout { url }
+        } else {
+            ClientError::Transport {
+                url,
+                why: root_cause(&e),
+            }
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(b) => Err(ClientError::Api {
+                status: status.as_u16(),
+                code: b.error.code,
+                message: b.error.message,
+            }),
+            Err(_) => Err(ClientError::Decode {
+                status: status.as_u16(),
+                why: String::from_utf8_lossy(&body).chars().take(500).collect(),
+            }),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = self.send(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            status,
+            why: e.to_string(),
+        })
+    }
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.json(self.http.get(self.url("/healthz"))).await
+    }
+
+    pub async fn create_vm(&self, req: &CreateVmRequest) -> Result<Vm, ClientError> {
+        self.json(self.http.post(self.url("/v1/vms")).json(req))
+            .await
+    }
+
+    pub async fn list_vms(&self) -> Result<Vec<Vm>, ClientError> {
+        let l: VmList = self.json(self.http.get(self.url("/v1/vms"))).await?;
+        Ok(l.vms)
+    }
+
+    pub async fn get_vm(&self, name: &str) -> Result<Vm, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/vms/{}", seg(name)))))
+            .await
+    }
+
+    pub async fn start_vm(&self, name: &str) -> Result<Vm, ClientError> {
+        self.json(
+            self.http
+                .post(self.url(&format!("/v1/vms/{}/start", seg(name)))),
+        )
+        .await
+    }
+
+    pub async fn stop_vm(&self, name: &str) -> Result<Vm, ClientError> {
+        self.json(
+            self.http
+                .post(self.url(&format!("/v1/vms/{}/stop", seg(name)))),
+        )
+        .await
+    }
+
+    pub async fn delete_vm(&self, name: &str) -> Result<Vm, ClientError> {
+        self.json(
+            self.http
+                .delete(self.url(&format!("/v1/vms/{}", seg(name)))),
+        )
+        .await
+    }
+
+    /// Wait until the VM is in `state` (e.g. `RUNNING`), at most `timeout`.
+    pub async fn wait_vm(
+        &self,
+        name: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Result<Vm, ClientError> {
+        let url = self.url(&format!(
+            "/v1/vms/{}/wait?state={}&timeout={}ms",
+            seg(name),
+            seg(state),
+            timeout.as_millis()
+        ));
+        self.json(
+            self.http
+                .get(url)
+                .timeout(timeout + Duration::from_secs(15)),
+        )
+        .await
+    }
+
+    /// The tail of the VM's captured serial console (at most `max_bytes`, server default when
+    /// `None`).
+    pub async fn console(&self, name: &str, max_bytes: Option<u32>) -> Result<Bytes, ClientError> {
+        let mut url = self.url(&format!("/v1/vms/{}/console", seg(name)));
+        if let Some(m) = max_bytes {
+            url.push_str(&format!("?max_bytes={m}"));
+        }
+        let resp = self.send(self.http.get(url)).await?;
+        resp.bytes().await.map_err(|e| self.transport(e))
+    }
+
+    /// Upload an image archive (OCI layout tar or `docker save` tar) under `reference`.
+    pub async fn import_image(
+        &self,
+        reference: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<Image, ClientError> {
+        let url = self.url(&format!("/v1/images?reference={}", seg(reference)));
+        self.json(
+            self.http
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+                .body(body)
+                .timeout(Duration::from_secs(1800)),
+        )
+        .await
+    }
+
+    /// Upload an archive file, streaming it.
+    pub async fn import_image_file(
+        &self,
+        reference: &str,
+        path: &Path,
+    ) -> Result<Image, ClientError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| ClientError::Io {
+                what: "cannot open image archive",
+                path: path.display().to_string(),
+                source,
+            })?;
+        let stream = tokio_util::io::ReaderStream::new(file);
+        self.import_image(reference, reqwest::Body::wrap_stream(stream))
+            .await
+    }
+
+    pub async fn list_images(&self) -> Result<Vec<Image>, ClientError> {
+        let l: ImageList = self.json(self.http.get(self.url("/v1/images"))).await?;
+        Ok(l.images)
+    }
+
+    pub async fn get_image(&self, reference: &str) -> Result<Image, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/images/{reference}"))))
+            .await
+    }
+
+    /// Follow lifecycle events from `after` (exclusive; 0 = from the start of the log).
+    pub async fn events(
+        &self,
+        after: u64,
+    ) -> Result<impl Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+        let resp = self
+            .send(
+                self.http
+                    .get(self.url("/v1/events"))
+                    .header("Last-Event-ID", after.to_string()),
+            )
+            .await?;
+        let url = self.base.to_string();
+        // Bytes are buffered and only whole frames decoded, so a character split across
+        // two chunks stays whole.
+        let mut buf: Vec<u8> = Vec::new();
+        let stream = resp.bytes_stream().map(move |chunk| {
+            chunk.map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                why: e.to_string(),
+            })
+        });
+        Ok(stream
+            .map(move |chunk| -> Vec<Result<Event, ClientError>> {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => return vec![Err(e)],
+                };
+                buf.extend_from_slice(&chunk);
+                let mut out = Vec::new();
+                while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                    let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                    let frame = String::from_utf8_lossy(&frame);
+                    let data: String = frame
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim_start)
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    if data.is_empty() {
+                        continue; // keep-alive comment
+                    }
+                    out.push(
+                        serde_json::from_str(&data).map_err(|e| ClientError::Decode {
+                            status: 200,
+                            why: e.to_string(),
+                        }),
+                    );
+                }
+                out
+            })
+            .flat_map(futures::stream::iter))
+    }
+}
+
+/// Percent-encode one path segment or query value.
+fn seg(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_urls_are_refused_with_advice() {
+        let e = Client::new("localhost:8080").unwrap_err().to_string();
+        assert!(e.contains("http://HOST:PORT"), "{e}");
+        assert!(Client::new("ftp://x").is_err());
+        assert!(Client::new("http://127.0.0.1:1").is_ok());
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_says_what_to_do() {
+        // port 9 on loopback: nothing listens there
+        let c = Client::new("http://127.0.0.1:9").unwrap();
+        let e = c.list_vms().await.unwrap_err();
+        assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
+        assert!(e.to_string().contains("PITWALL_API"));
+    }
+}

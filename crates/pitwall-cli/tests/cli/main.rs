@@ -1,0 +1,401 @@
+//! Runs the real `pitwall` binary against a mock API and pins what scripts and people see:
+//! stdout, stderr, exit codes and the requests made.
+
+// test code: a panic is a failed test, with its message
+#![allow(clippy::unwrap_used)]
+
+mod mock_api;
+
+use std::path::Path;
+
+use mock_api::MockApi;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run `pitwall args...` with a clean environment (no PITWALL_* variables, an empty HOME)
+/// plus `env`.
+async fn pitwall(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pitwall"));
+    cmd.args(args)
+        .env_remove("PITWALL_API")
+        .env_remove("PITWALL_CONFIG")
+        .env_remove("PITWALL_LOG")
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("config"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    Run {
+        code: out.status.code().expect("pitwall exited by a signal"),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// `pitwall --api <mock> args...`
+async fn against(api: &MockApi, args: &[&str]) -> Run {
+    let mut all = vec!["--api", api.url.as_str()];
+    all.extend_from_slice(args);
+    pitwall(&all, &[]).await
+}
+
+fn write_oci_layout(dir: &Path) {
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        r#"{"schemaVersion":2,"manifests":[]}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("blobs/sha256/0123"), "layer").unwrap();
+}
+
+#[tokio::test]
+async fn vm_list_prints_an_aligned_table() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["vm", "list"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert!(
+        lines[0]
+            .starts_with("NAME   STATE     IMAGE            VCPUS   MEMORY   DISK   HOST     AGE"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines[1].starts_with("web    RUNNING   demo/hello:1.0   1       256MiB   1GiB   host-a   ")
+    );
+    assert!(
+        lines[2].starts_with("db     STOPPED   demo/hello:1.0   1       256MiB   1GiB   -        ")
+    );
+}
+
+#[tokio::test]
+async fn vm_list_as_json_is_an_array_of_the_api_objects() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["vm", "list", "-o", "json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let vms: Vec<pitwall_api::Vm> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        vms,
+        [
+            mock_api::vm("web", "RUNNING"),
+            mock_api::vm("db", "STOPPED")
+        ]
+    );
+    assert!(
+        run.stdout.starts_with("[\n  {\n"),
+        "pretty-printed: {}",
+        run.stdout
+    );
+}
+
+#[tokio::test]
+async fn showing_a_missing_vm_exits_3_with_the_servers_message() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["vm", "show", "ghost"]).await;
+    assert_eq!(run.code, 3);
+    assert_eq!(run.stdout, "");
+    assert_eq!(
+        run.stderr,
+        "error: VM ghost does not exist; list VMs with `pitwall vm list`\n"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_api_exits_6_and_says_how_to_point_elsewhere() {
+    // a port that was free a moment ago: nothing listens there
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let run = pitwall(&["vm", "list"], &[("PITWALL_API", &url)]).await;
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with(&format!("error: cannot reach the Pitwall API at {url}")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("\nhint: the endpoint comes from PITWALL_API; "),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("--api http://HOST:PORT"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn importing_a_layout_directory_uploads_it_as_a_tar() {
+    let api = MockApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_oci_layout(dir.path());
+
+    let path = dir.path().to_str().unwrap();
+    let run = against(&api, &["image", "import", path, "--name", "demo/hello:1.0"]).await;
+
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("imported demo/hello:1.0 (sha256:"),
+        "{}",
+        run.stdout
+    );
+    let uploads = api.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0].reference, "demo/hello:1.0");
+    let mut entries = uploads[0].entries.clone();
+    entries.sort();
+    assert_eq!(
+        entries,
+        [
+            "blobs",
+            "blobs/sha256",
+            "blobs/sha256/0123",
+            "index.json",
+            "oci-layout"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn importing_a_tar_file_uploads_it_as_it_is() {
+    let api = MockApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_oci_layout(dir.path());
+    let tar_path = dir.path().join("image.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+    tar.append_path_with_name(dir.path().join("index.json"), "index.json")
+        .unwrap();
+    tar.append_path_with_name(dir.path().join("oci-layout"), "oci-layout")
+        .unwrap();
+    tar.into_inner().unwrap();
+
+    let path = tar_path.to_str().unwrap();
+    let run = against(&api, &["image", "import", path, "--name", "demo/hello:1.0"]).await;
+
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(api.uploads()[0].entries, ["index.json", "oci-layout"]);
+}
+
+#[tokio::test]
+async fn importing_a_path_that_does_not_exist_exits_3() {
+    let api = MockApi::start().await;
+    let run = against(
+        &api,
+        &["image", "import", "/no/such/image.tar", "--name", "a:1"],
+    )
+    .await;
+    assert_eq!(run.code, 3);
+    assert!(
+        run.stderr
+            .starts_with("error: /no/such/image.tar does not exist; "),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        api.calls().is_empty(),
+        "nothing was sent: {:?}",
+        api.calls()
+    );
+}
+
+#[tokio::test]
+async fn an_archive_the_api_refuses_exits_8() {
+    let api = MockApi::start().await;
+    let tar_path = tempfile::NamedTempFile::new().unwrap();
+    tar::Builder::new(tar_path.as_file()).finish().unwrap();
+    let run = against(
+        &api,
+        &[
+            "image",
+            "import",
+            tar_path.path().to_str().unwrap(),
+            "--name",
+            "a:1",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 8, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no oci-layout or index.json"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn create_with_wait_creates_then_waits_for_running() {
+    let api = MockApi::start().await;
+    let run = against(
+        &api,
+        &["vm", "create", "api", "--image", "demo/hello:1.0", "--wait"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        api.calls(),
+        [
+            "POST /v1/vms",
+            "GET /v1/vms/api/wait?state=RUNNING&timeout=120000ms"
+        ]
+    );
+    assert_eq!(
+        run.stdout,
+        "created VM api (PENDING)\nVM api is RUNNING on host-a\n"
+    );
+}
+
+#[tokio::test]
+async fn creating_a_vm_that_exists_exits_4() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["vm", "create", "web", "--image", "demo/hello:1.0"]).await;
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert_eq!(run.stderr, "error: VM web exists\n");
+}
+
+#[tokio::test]
+async fn delete_with_wait_succeeds_once_the_vm_is_gone() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["vm", "delete", "db", "--wait", "--timeout", "30s"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        api.calls(),
+        [
+            "DELETE /v1/vms/db",
+            "GET /v1/vms/db/wait?state=DELETED&timeout=30000ms"
+        ]
+    );
+    assert_eq!(
+        run.stdout,
+        "VM db: delete requested, now DELETING\nVM db is DELETED\n"
+    );
+}
+
+#[tokio::test]
+async fn a_wait_that_times_out_exits_5_with_a_hint() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["vm", "wait", "slow", "--timeout", "2s"]).await;
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("error: VM slow did not reach RUNNING in time"),
+        "{}",
+        run.stderr
+    );
+    assert!(run
+        .stderr
+        .contains("hint: the VM keeps going; check it with `pitwall vm show slow`"));
+}
+
+#[tokio::test]
+async fn a_wait_that_ends_in_failed_exits_7_with_the_reason() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["vm", "wait", "broken"]).await;
+    assert_eq!(run.code, 7, "{}", run.stderr);
+    assert!(run
+        .stderr
+        .starts_with("error: VM broken is FAILED: kernel panic: no init found\n"));
+}
+
+#[tokio::test]
+async fn the_config_file_names_the_api_when_flag_and_env_do_not() {
+    let api = MockApi::start().await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), format!("api = \"{}\"\n", api.url)).unwrap();
+    let run = pitwall(
+        &["health"],
+        &[("PITWALL_CONFIG", config.path().to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "status:  ok\nversion: 0.1.0\nhosts:   host-a\n");
+}
+
+#[tokio::test]
+async fn a_malformed_config_file_is_named_in_the_error() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "api = 7070\n").unwrap();
+    let path = config.path().to_str().unwrap();
+    let run = pitwall(&["vm", "list"], &[("PITWALL_CONFIG", path)]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: config file {path} is not valid at line 1: "
+        )),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_usage_error_exits_2() {
+    let run = pitwall(&["vm", "create", "web"], &[]).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("--image"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn console_prints_the_captured_output_raw() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["vm", "console", "web"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "hello from web\n");
+}
+
+#[tokio::test]
+async fn console_follow_prints_each_new_line_once_until_the_vm_stops() {
+    let api = MockApi::start().await;
+    // a tail of 16 bytes holds about two lines: later tails overlap what was printed
+    let run = against(
+        &api,
+        &["vm", "console", "booting", "--follow", "--max-bytes", "16"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "line 1\nline 2\nline 3\nline 4\n");
+}
+
+#[tokio::test]
+async fn events_prints_one_line_per_event_from_after_seq() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let api = MockApi::start().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pitwall"))
+        .args(["--api", &api.url, "events", "--after", "40"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("pitwall events printed nothing for 10s")
+            .unwrap()
+            .expect("pitwall events ended");
+        got.push(line);
+    }
+    child.kill().await.unwrap();
+    assert_eq!(
+        got,
+        [
+            "2025-01-01T00:00:00Z  #41  web  STARTING  gen 2",
+            "2025-01-01T00:00:00Z  #42  web  FAILED  gen 2  reason: oom",
+        ]
+    );
+}

@@ -1,0 +1,273 @@
+//! A stand-in for the Pitwall API on 127.0.0.1:0 that answers with canned JSON and records
+//! every request it gets.
+//!
+//! VMs it knows: `web` (RUNNING on host-a) and `db` (STOPPED). Waiting answers with the VM in
+//! the asked state, except: state DELETED answers 404 not_found (the VM is gone), VM `slow`
+//! answers timeout, VM `broken` is FAILED. Image uploads must be tars holding `oci-layout`
+//! and `index.json`, or they are refused as invalid_image.
+//!
+//! The event stream sends the two events after the client's `Last-Event-ID`, then stays open.
+//!
+//! VM `booting` has a console that grows by one line (`line N\n`) each time it is read, and
+//! is RUNNING until its console was read three times, STOPPED after. Other VMs' consoles say
+//! `hello from NAME\n`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt as _;
+use pitwall_api::{CreateVmRequest, ErrorBody, ErrorDetail, Event, Health, Image, Vm, VmList};
+
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub reference: String,
+    pub entries: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct Seen {
+    calls: Arc<Mutex<Vec<String>>>,
+    uploads: Arc<Mutex<Vec<Upload>>>,
+    booting_console_reads: Arc<AtomicUsize>,
+}
+
+pub struct MockApi {
+    pub url: String,
+    seen: Seen,
+}
+
+impl MockApi {
+    pub async fn start() -> Self {
+        let seen = Seen::default();
+        let app = Router::new()
+            .route("/healthz", get(health))
+            .route("/v1/vms", get(list_vms).post(create_vm))
+            .route("/v1/vms/{name}", get(get_vm).delete(delete_vm))
+            .route("/v1/vms/{name}/wait", get(wait_vm))
+            .route("/v1/vms/{name}/console", get(console))
+            .route("/v1/images", post(import_image))
+            .route("/v1/events", get(events))
+            .layer(middleware::from_fn_with_state(seen.clone(), record))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        MockApi { url, seen }
+    }
+
+    /// Every request so far, as `METHOD /path?query`.
+    pub fn calls(&self) -> Vec<String> {
+        self.seen.calls.lock().unwrap().clone()
+    }
+
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.seen.uploads.lock().unwrap().clone()
+    }
+}
+
+async fn record(State(seen): State<Seen>, req: Request, next: Next) -> Response {
+    seen.calls
+        .lock()
+        .unwrap()
+        .push(format!("{} {}", req.method(), req.uri()));
+    next.run(req).await
+}
+
+pub fn vm(name: &str, state: &str) -> Vm {
+    Vm {
+        id: format!("0000-{name}"),
+        name: name.into(),
+        image: "demo/hello:1.0".into(),
+        vcpus: 1,
+        memory_mib: 256,
+        disk_mib: 1024,
+        state: state.into(),
+        desired_state: state.into(),
+        generation: 1,
+        owner: "ada".into(),
+        host: (state == "RUNNING").then(|| "host-a".into()),
+        reason: (state == "FAILED").then(|| "kernel panic: no init found".into()),
+        created_at: "2025-01-01T00:00:00Z".into(),
+        updated_at: "2025-01-01T00:00:00Z".into(),
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.into(),
+            message,
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+fn not_found(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("VM {name} does not exist; list VMs with `pitwall vm list`"),
+    )
+}
+
+fn known(name: &str) -> Option<Vm> {
+    match name {
+        "web" => Some(vm("web", "RUNNING")),
+        "db" => Some(vm("db", "STOPPED")),
+        _ => None,
+    }
+}
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: "0.1.0".into(),
+        hosts: vec!["host-a".into()],
+    })
+}
+
+async fn list_vms() -> Json<VmList> {
+    Json(VmList {
+        vms: vec![vm("web", "RUNNING"), vm("db", "STOPPED")],
+    })
+}
+
+async fn create_vm(Json(req): Json<CreateVmRequest>) -> Response {
+    if known(&req.name).is_some() {
+        return error(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!("VM {} exists", req.name),
+        );
+    }
+    (StatusCode::CREATED, Json(vm(&req.name, "PENDING"))).into_response()
+}
+
+async fn get_vm(State(seen): State<Seen>, Path(name): Path<String>) -> Response {
+    if name == "booting" {
+        let reads = seen.booting_console_reads.load(Ordering::SeqCst);
+        return Json(vm(&name, if reads < 3 { "RUNNING" } else { "STOPPED" })).into_response();
+    }
+    match known(&name) {
+        Some(vm) => Json(vm).into_response(),
+        None => not_found(&name),
+    }
+}
+
+async fn delete_vm(Path(name): Path<String>) -> Response {
+    match known(&name) {
+        Some(_) => Json(vm(&name, "DELETING")).into_response(),
+        None => not_found(&name),
+    }
+}
+
+async fn wait_vm(Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let state = q.get("state").cloned().unwrap_or_default();
+    match (name.as_str(), state.as_str()) {
+        (_, "DELETED") => not_found(&name),
+        ("slow", _) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("VM slow did not reach {state} in time; it is still STARTING"),
+        ),
+        ("broken", _) => Json(vm("broken", "FAILED")).into_response(),
+        _ => Json(vm(&name, &state)).into_response(),
+    }
+}
+
+async fn events(headers: HeaderMap) -> Response {
+    let after: u64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let frames = [
+        (after + 1, "STARTING", None),
+        (after + 2, "FAILED", Some("oom")),
+    ]
+    .map(|(seq, state, reason)| {
+        let event = Event {
+            seq,
+            vm_id: "0000-web".into(),
+            vm_name: "web".into(),
+            state: state.into(),
+            generation: 2,
+            reason: reason.map(Into::into),
+            at: "2025-01-01T00:00:00Z".into(),
+        };
+        let data = serde_json::to_string(&event).unwrap();
+        Ok::<_, std::io::Error>(format!("event: state\nid: {seq}\ndata: {data}\n\n"))
+    });
+    let stream = futures::stream::iter(frames).chain(futures::stream::pending());
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn console(
+    State(seen): State<Seen>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let buffer = match name.as_str() {
+        "booting" => {
+            let n = seen.booting_console_reads.fetch_add(1, Ordering::SeqCst) + 1;
+            (1..=n).map(|i| format!("line {i}\n")).collect::<String>()
+        }
+        _ if known(&name).is_some() => format!("hello from {name}\n"),
+        _ => return not_found(&name),
+    };
+    let max: usize = q
+        .get("max_bytes")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(64 * 1024);
+    buffer[buffer.len().saturating_sub(max)..]
+        .to_owned()
+        .into_response()
+}
+
+async fn import_image(
+    State(seen): State<Seen>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let reference = q.get("reference").cloned().unwrap_or_default();
+    let entries: Result<Vec<String>, std::io::Error> = tar::Archive::new(&body[..])
+        .entries()
+        .and_then(|es| es.map(|e| Ok(e?.path()?.display().to_string())).collect());
+    let Ok(entries) = entries else {
+        return error(StatusCode::BAD_REQUEST, "invalid_image", "not a tar".into());
+    };
+    seen.uploads.lock().unwrap().push(Upload {
+        reference: reference.clone(),
+        entries: entries.clone(),
+    });
+    if !["oci-layout", "index.json"]
+        .iter()
+        .all(|want| entries.iter().any(|e| e == want))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_image",
+            format!("the archive has no oci-layout or index.json: {entries:?}"),
+        );
+    }
+    Json(Image {
+        reference,
+        digest: "sha256:0123456789abcdef0123456789abcdef".into(),
+        size_bytes: body.len() as u64,
+        config: serde_json::json!({ "cmd": ["/hello"] }),
+        host: "host-a".into(),
+        created_at: "2025-01-01T00:00:00Z".into(),
+    })
+    .into_response()
+}

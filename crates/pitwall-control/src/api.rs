@@ -1,0 +1,208 @@
+//! REST API v1 (JSON over HTTP, axum): routes, the error shape, and conversions from the
+//! domain and store types to `pitwall-api` types.
+//!
+//! Every error is `{ "error": { "code", "message" } }` with the matching status code, and
+//! every message says what to do next.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pitwall_api::{ErrorBody, ErrorDetail};
+use pitwall_store::{EventRecord, ImageRecord, StoreError, VmRecord};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::Control;
+
+mod events;
+mod images;
+mod vms;
+
+pub(crate) fn router(control: Control) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/vms", post(vms::create).get(vms::list))
+        .route("/v1/vms/{name}", get(vms::show).delete(vms::delete))
+        .route("/v1/vms/{name}/start", post(vms::start))
+        .route("/v1/vms/{name}/stop", post(vms::stop))
+        .route("/v1/vms/{name}/wait", get(vms::wait))
+        .route("/v1/vms/{name}/console", get(vms::console))
+        .route("/v1/events", get(events::events))
+        .route("/v1/images", post(images::import).get(images::list))
+        .route("/v1/images/{*reference}", get(images::show))
+        .fallback(not_found_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(control)
+}
+
+/// An API error: status, stable code, message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+    pub fn no_vm(name: &str) -> Self {
+        Self::not_found(format!(
+            "no VM named {name:?}; list VMs with `pitwall vm list`"
+        ))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken(_) => {
+                Self::new(StatusCode::CONFLICT, "already_exists", e.to_string())
+            }
+            StoreError::NoSuchVm(n) => Self::no_vm(&n),
+            StoreError::NoSuchImage(_) => Self::not_found(e.to_string()),
+            StoreError::Corrupt(_) => Self::internal(e.to_string()),
+            _ => Self::unavailable(format!("the store is unavailable: {e}; retry shortly")),
+        }
+    }
+}
+
+impl From<crate::ControlError> for ApiError {
+    fn from(e: crate::ControlError) -> Self {
+        match e {
+            crate::ControlError::Store(s) => s.into(),
+            crate::ControlError::Bus(b) => Self::unavailable(format!(
+                "the message bus is unavailable: {b}; retry shortly"
+            )),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+/// A JSON body that fails to parse becomes an `invalid_argument` error in our shape.
+pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match body {
+        Ok(Json(v)) => Ok(v),
+        Err(e) => Err(ApiError::invalid(format!(
+            "request body is not valid: {}",
+            e.body_text()
+        ))),
+    }
+}
+
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+pub(crate) fn vm_json(vm: &VmRecord) -> pitwall_api::Vm {
+    pitwall_api::Vm {
+        id: vm.id.to_string(),
+        name: vm.spec.name.to_string(),
+        image: vm.spec.image.to_string(),
+        vcpus: vm.spec.vcpus,
+        memory_mib: vm.spec.memory_mib,
+        disk_mib: vm.spec.disk_mib,
+        state: vm.state.to_string(),
+        desired_state: vm.desired.to_string(),
+        generation: vm.generation,
+        owner: vm.owner.clone(),
+        host: vm.host.clone(),
+        reason: vm.reason.clone(),
+        created_at: rfc3339(vm.created_at),
+        updated_at: rfc3339(vm.updated_at),
+    }
+}
+
+pub(crate) fn image_json(i: &ImageRecord) -> pitwall_api::Image {
+    pitwall_api::Image {
+        reference: i.reference.clone(),
+        digest: i.digest.clone(),
+        size_bytes: i.size_bytes,
+        config: i.config.clone(),
+        host: i.host.clone(),
+        created_at: rfc3339(i.created_at),
+    }
+}
+
+pub(crate) fn event_json(e: &EventRecord) -> pitwall_api::Event {
+    pitwall_api::Event {
+        seq: e.seq,
+        vm_id: e.vm_id.to_string(),
+        vm_name: e.vm_name.clone(),
+        state: e.state.to_string(),
+        generation: e.generation,
+        reason: e.reason.clone(),
+        at: rfc3339(e.at),
+    }
+}
+
+async fn health(
+    axum::extract::State(c): axum::extract::State<Control>,
+) -> Json<pitwall_api::Health> {
+    Json(pitwall_api::Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        hosts: c.live_hosts().into_iter().map(|h| h.name).collect(),
+    })
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}
+
+async fn not_found_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no such endpoint {}; see /v1/openapi.json",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; see /v1/openapi.json",
+            uri.path()
+        ),
+    )
+}

@@ -1,0 +1,311 @@
+//! The control plane's side of the bus: commands out, statuses / heartbeats / replies in.
+
+use std::time::Duration;
+
+use pitwall_bus::Delivery;
+use pitwall_core::{DesiredState, VmState};
+use pitwall_proto::routing::{self, verb};
+use pitwall_proto::v1::{
+    envelope::Payload, image_command, vm_command, CreateVm, DeleteVm, Envelope, HostHeartbeat,
+    ImageCommand, StartVm, StopVm, VmCommand, VmSpec as PbSpec, VmStatus,
+};
+use pitwall_proto::{decode_envelope, encode_envelope};
+use pitwall_store::{StatusOutcome, VmRecord};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::{Control, ControlError};
+
+const PREFETCH: u16 = 64;
+
+pub(crate) async fn start_consumers(control: &Control) -> Result<(), ControlError> {
+    let bus = &control.inner.bus;
+    let reply_queue = routing::reply_queue(&control.inner.cfg.replica)
+        .map_err(|e| ControlError::Config(e.to_string()))?;
+    for q in [
+        routing::web_status_queue(),
+        routing::control_hosts_queue(),
+        reply_queue.clone(),
+    ] {
+        bus.declare_queue(&q.name, &q.bindings).await?;
+    }
+    for queue in [
+        routing::WEB_STATUS_QUEUE.to_string(),
+        routing::CONTROL_HOSTS_QUEUE.to_string(),
+        reply_queue.name,
+    ] {
+        let mut consumer = bus.consume(&queue, PREFETCH).await?;
+        let c = control.clone();
+        tokio::spawn(async move {
+            while let Some(d) = consumer.next().await {
+                c.handle_delivery(d).await;
+            }
+            debug!(queue, "consumer ended");
+        });
+    }
+    Ok(())
+}
+
+impl Control {
+    async fn handle_delivery(&self, d: Delivery) {
+        let env = match decode_envelope(&d.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(routing_key = %d.routing_key, error = %e, "dead-lettering an unreadable message");
+                let _ = d.nack(false).await;
+                return;
+            }
+        };
+        let result = match env.payload.clone() {
+            Some(Payload::VmStatus(s)) => self.on_status(&s).await,
+            Some(Payload::HostHeartbeat(hb)) => self.on_heartbeat(&hb).await,
+            Some(Payload::ImageStatus(_)) | Some(Payload::ConsoleOutput(_)) => {
+                self.on_reply(env);
+                Ok(())
+            }
+            _ => {
+                warn!(routing_key = %d.routing_key, "dead-lettering a message the control plane does not handle");
+                let _ = d.nack(false).await;
+                return;
+            }
+        };
+        match result {
+            Ok(()) => {
+                let _ = d.ack().await;
+            }
+            Err(e) => {
+                // The store could not take it: let it come again.
+                warn!(error = %e, "status not recorded; will be redelivered");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = d.nack(true).await;
+            }
+        }
+    }
+
+    fn on_reply(&self, env: Envelope) {
+        let Some(id) = env.correlation().map(str::to_owned) else {
+            return;
+        };
+        let waiter = self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(env);
+            }
+            None => debug!(correlation_id = id, "reply nobody waits for (timed out?)"),
+        }
+    }
+
+    /// Apply one status report to the store and tell subscribers.
+    pub(crate) async fn on_status(&self, s: &VmStatus) -> Result<(), ControlError> {
+        let Ok(id) = uuid::Uuid::parse_str(&s.vm_id) else {
+            warn!(vm_id = s.vm_id, "status with an invalid VM id ignored");
+            return Ok(());
+        };
+        let Ok(state) = s.core_state() else {
+            warn!(
+                vm_id = s.vm_id,
+                state = s.state,
+                "status with an invalid state ignored"
+            );
+            return Ok(());
+        };
+        let reason = (!s.reason.is_empty()).then_some(s.reason.as_str());
+        match self
+            .inner
+            .store
+            .record_status(id, state, s.generation, reason)
+            .await?
+        {
+            StatusOutcome::Applied(vm) => {
+                info!(vm = %vm.spec.name, vm_id = %vm.id, state = %state, generation = s.generation, "VM state");
+                self.publish_events_after(vm.id).await;
+                // A guest that stopped by itself (its workload ended, or its VMM died) while
+                // it was wanted running: its restart policy is `never`, so the wish becomes
+                // STOPPED and nothing will boot it again until a user starts it.
+                if state == VmState::Stopped
+                    && vm.desired == DesiredState::Running
+                    && s.generation >= vm.generation
+                {
+                    let vm = self
+                        .inner
+                        .store
+                        .set_desired(vm.id, DesiredState::Stopped)
+                        .await?;
+                    self.send_for_desired(&vm).await;
+                }
+            }
+            StatusOutcome::Duplicate => {}
+            StatusOutcome::Stale(why) => debug!(vm_id = %id, why, "stale status ignored"),
+        }
+        Ok(())
+    }
+
+    /// Broadcast every event the store recorded since the last broadcast, in order.
+    pub(crate) async fn publish_events_after(&self, id: uuid::Uuid) {
+        let mut last = self.inner.last_seq.lock().await;
+        match self.inner.store.events_since(*last, 1000).await {
+            Ok(events) => {
+                for e in events {
+                    *last = e.seq;
+                    let _ = self.inner.events.send(e);
+                }
+            }
+            Err(e) => debug!(vm_id = %id, error = %e, "could not read back events"),
+        }
+    }
+
+    async fn on_heartbeat(&self, hb: &HostHeartbeat) -> Result<(), ControlError> {
+        if routing::validate_host(&hb.host).is_err() {
+            warn!(
+                host = hb.host,
+                "heartbeat from an invalid host name ignored"
+            );
+            return Ok(());
+        }
+        let first = self.inner.hosts.get(&hb.host).is_none();
+        self.inner.hosts.heartbeat(hb);
+        if first {
+            info!(
+                host = hb.host,
+                vcpus = hb.vcpus_total,
+                memory_mib = hb.memory_mib_total,
+                "host joined"
+            );
+        }
+        for s in &hb.vms {
+            self.on_status(s).await?;
+        }
+        Ok(())
+    }
+
+    fn spec_of(vm: &VmRecord) -> PbSpec {
+        PbSpec {
+            name: vm.spec.name.to_string(),
+            image: vm.spec.image.to_string(),
+            vcpus: vm.spec.vcpus,
+            memory_mib: vm.spec.memory_mib,
+            disk_mib: vm.spec.disk_mib,
+            owner: vm.owner.clone(),
+        }
+    }
+
+    /// Send the command that moves `vm` toward its desired state (at its generation).
+    /// A failed publish is logged: the reconciler sends it again.
+    pub(crate) async fn send_for_desired(&self, vm: &VmRecord) {
+        let Some(host) = vm.host.clone() else { return };
+        let timeout_ms = u32::try_from(self.inner.cfg.stop_timeout.as_millis()).unwrap_or(u32::MAX);
+        let (verb, command) = match vm.desired {
+            DesiredState::Running if matches!(vm.state, VmState::Pending | VmState::Creating) => (
+                verb::CREATE,
+                vm_command::Command::Create(CreateVm {
+                    spec: Some(Self::spec_of(vm)),
+                    start: true,
+                }),
+            ),
+            DesiredState::Running => (
+                verb::START,
+                vm_command::Command::Start(StartVm {
+                    spec: Some(Self::spec_of(vm)),
+                }),
+            ),
+            DesiredState::Stopped if matches!(vm.state, VmState::Pending | VmState::Creating) => (
+                verb::CREATE,
+                vm_command::Command::Create(CreateVm {
+                    spec: Some(Self::spec_of(vm)),
+                    start: false,
+                }),
+            ),
+            DesiredState::Stopped => (verb::STOP, vm_command::Command::Stop(StopVm { timeout_ms })),
+            DesiredState::Deleted => (
+                verb::DELETE,
+                vm_command::Command::Delete(DeleteVm { timeout_ms }),
+            ),
+        };
+        let cmd = VmCommand {
+            vm_id: vm.id.to_string(),
+            generation: vm.generation,
+            command: Some(command),
+        };
+        if let Err(e) = self
+            .publish_command(&host, verb, Payload::VmCommand(cmd), None)
+            .await
+        {
+            warn!(vm = %vm.spec.name, host, error = %e, "command not sent; the reconciler will retry");
+        }
+    }
+
+    async fn publish_command(
+        &self,
+        host: &str,
+        verb: &str,
+        payload: Payload,
+        correlation: Option<&str>,
+    ) -> Result<(), ControlError> {
+        let key = match &payload {
+            Payload::ImageCommand(_) => routing::image_command_key(host, verb),
+            _ => routing::command_key(host, verb),
+        }
+        .map_err(|e| ControlError::Config(e.to_string()))?;
+        let mut env = Envelope::new(&self.inner.sender, correlation, payload);
+        if correlation.is_some() {
+            env = env.with_reply_to(self.inner.reply_key.clone());
+        }
+        self.inner.bus.publish(&key, encode_envelope(&env)).await?;
+        Ok(())
+    }
+
+    /// Send a command to `host` and wait for the answer sent to this replica's reply queue.
+    pub(crate) async fn request(
+        &self,
+        host: &str,
+        verb: &str,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<Option<Envelope>, ControlError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), tx);
+        let sent = self.publish_command(host, verb, payload, Some(&id)).await;
+        let out = match sent {
+            Ok(()) => tokio::time::timeout(timeout, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(e) => {
+                self.inner
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                return Err(e);
+            }
+        };
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        Ok(out)
+    }
+
+    pub(crate) fn image_import_payload(reference: &str, archive: &std::path::Path) -> Payload {
+        Payload::ImageCommand(ImageCommand {
+            command: Some(image_command::Command::Import(
+                pitwall_proto::v1::ImportImage {
+                    reference: reference.to_string(),
+                    archive_path: archive.display().to_string(),
+                    remove_archive: true,
+                },
+            )),
+        })
+    }
+}

@@ -1,0 +1,391 @@
+//! One actor per VM: it converges the VM to its wish and reports each state it passes.
+//!
+//! Commands only change the wish (a `watch` channel, persisted first); the actor does the
+//! work, one step at a time, and notices a new wish even in the middle of a boot. Because the
+//! wish is on disk, a restarted host daemon picks up where it was.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pitwall_core::{DesiredState, ImageRef, VmState};
+use pitwall_proto::v1::{envelope::Payload, Envelope, GuestConfig, VmStatus};
+use pitwall_proto::{encode_envelope, routing};
+use pitwall_vmm::{Disk, VmConfig, VmInstance};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::record::{VmRecord, Wish};
+use crate::Host;
+
+/// Grace a guest gets to shut down when the host deletes it without a stop first.
+const DELETE_GRACE: Duration = Duration::from_secs(10);
+
+/// The host's handle on a VM actor.
+pub(crate) struct Handle {
+    pub wish: watch::Sender<Wish>,
+    /// Last reported (state, generation, reason), for heartbeats.
+    pub status: Arc<Mutex<(VmState, u64, Option<String>)>>,
+    pub dir: PathBuf,
+}
+
+struct Actor {
+    host: Host,
+    dir: PathBuf,
+    rec: VmRecord,
+    wish_rx: watch::Receiver<Wish>,
+    inst: Option<Box<dyn VmInstance>>,
+    status: Arc<Mutex<(VmState, u64, Option<String>)>>,
+    /// Generation of the last status published.
+    reported: u64,
+}
+
+impl Host {
+    pub(crate) fn spawn_actor(&self, rec: VmRecord) {
+        let dir = VmRecord::dir(&self.vms_dir(), rec.id);
+        let (tx, rx) = watch::channel(rec.wish.clone());
+        let status = Arc::new(Mutex::new((
+            rec.state,
+            rec.wish.generation,
+            rec.reason.clone(),
+        )));
+        let id = rec.id;
+        let actor = Actor {
+            host: self.clone(),
+            dir: dir.clone(),
+            reported: 0,
+            rec,
+            wish_rx: rx,
+            inst: None,
+            status: status.clone(),
+        };
+        self.inner
+            .vms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id,
+                Handle {
+                    wish: tx,
+                    status,
+                    dir,
+                },
+            );
+        tokio::spawn(actor.run());
+    }
+
+    pub(crate) fn run_dir(dir: &std::path::Path) -> PathBuf {
+        dir.join("run")
+    }
+}
+
+impl Actor {
+    fn name(&self) -> &str {
+        &self.rec.wish.spec.name
+    }
+
+    async fn run(mut self) {
+        let run_dir = Host::run_dir(&self.dir);
+        match self.host.inner.vmm.reattach(&run_dir).await {
+            Ok(Some(inst)) => {
+                info!(
+                    vm = self.name(),
+                    pid = inst.pid(),
+                    "re-attached to a running VMM"
+                );
+                self.inst = Some(inst);
+            }
+            Ok(None) => {}
+            Err(e) => warn!(vm = self.name(), error = %e, "cannot re-attach"),
+        }
+        if self.inst.is_none() && self.rec.state.may_have_vmm() {
+            // It ran when the host daemon went away, and its VMM is gone now.
+            self.rec.settled_generation = self.rec.wish.generation;
+            self.report(
+                VmState::Stopped,
+                Some("the VMM process was gone when the host daemon restarted".into()),
+            )
+            .await;
+        }
+        loop {
+            let wish = self.wish_rx.borrow_and_update().clone();
+            self.rec.wish = wish.clone();
+            match wish.desired {
+                DesiredState::Running => self.converge_running().await,
+                DesiredState::Stopped => self.converge_stopped().await,
+                DesiredState::Deleted => {
+                    self.delete().await;
+                    return;
+                }
+            }
+            if self.reported < self.rec.wish.generation {
+                // Nothing to change: say so at the new generation.
+                self.report(self.rec.state, self.rec.reason.clone()).await;
+            }
+            // Wait for a new wish, or for the VMM to end by itself.
+            let exited = match &self.inst {
+                Some(inst) => tokio::select! {
+                    r = self.wish_rx.changed() => { if r.is_err() { return } None }
+                    exit = inst.wait_exit() => Some(exit),
+                },
+                None => {
+                    if self.wish_rx.changed().await.is_err() {
+                        return;
+                    }
+                    None
+                }
+            };
+            if let Some(exit) = exited {
+                self.inst = None;
+                info!(vm = self.name(), %exit, "VM ended by itself");
+                self.rec.settled_generation = self.rec.wish.generation;
+                self.report(VmState::Stopped, Some(exit.to_string())).await;
+            }
+        }
+    }
+
+    /// Persist and publish a state.
+    async fn report(&mut self, state: VmState, reason: Option<String>) {
+        let generation = self.rec.wish.generation;
+        self.rec.state = state;
+        self.rec.reason = reason.clone();
+        if let Err(e) = self.rec.save(&self.dir) {
+            warn!(vm = self.name(), error = %e, "cannot persist VM record");
+        }
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) =
+            (state, generation, reason.clone());
+        self.reported = generation;
+        info!(vm = self.name(), vm_id = %self.rec.id, state = %state, generation, "VM state");
+        let status = self.status_message(state, reason);
+        self.host.publish_status(status).await;
+    }
+
+    fn status_message(&self, state: VmState, reason: Option<String>) -> VmStatus {
+        VmStatus {
+            vm_id: self.rec.id.to_string(),
+            name: self.rec.wish.spec.name.clone(),
+            host: self.host.inner.cfg.name.clone(),
+            state: pitwall_proto::v1::VmState::from(state) as i32,
+            generation: self.rec.wish.generation,
+            reason: reason.unwrap_or_default(),
+            owner: self.rec.wish.spec.owner.clone(),
+        }
+    }
+
+    fn disk_paths(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("data.ext4"), self.dir.join("config.img"))
+    }
+
+    /// Everything but the VMM: the image's base, the data disk (once), the config disk.
+    async fn prepare(&self) -> Result<VmConfig, String> {
+        let spec = &self.rec.wish.spec;
+        let reference = ImageRef::parse(&spec.image).map_err(|e| e.to_string())?;
+        let images = self.host.inner.images.clone();
+        let r = reference.clone();
+        let image = tokio::task::spawn_blocking(move || images.get(&r))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "image {reference} is not on host {}: import it with `pitwall image import PATH --name {reference}`",
+                    self.host.inner.cfg.name
+                )
+            })?;
+        let (data, config) = self.disk_paths();
+        let disk_mib = spec.disk_mib;
+        let argv: Vec<String> = image
+            .config
+            .entrypoint
+            .iter()
+            .chain(image.config.cmd.iter())
+            .cloned()
+            .collect();
+        if argv.is_empty() {
+            return Err(format!(
+                "image {reference} has neither Entrypoint nor Cmd: nothing to run in the VM"
+            ));
+        }
+        let guest = GuestConfig {
+            vm_id: self.rec.id.to_string(),
+            hostname: spec.name.clone(),
+            argv,
+            env: image.config.env.clone(),
+            working_dir: image.config.working_dir.clone(),
+            user: image.config.user.clone(),
+            base_label: pitwall_vmm::BASE_LABEL.into(),
+            data_label: pitwall_vmm::DATA_LABEL.into(),
+        };
+        let (d, c) = (data.clone(), config.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            if !d.exists() {
+                pitwall_vmm::disk::create_data_disk(
+                    &d,
+                    u64::from(disk_mib),
+                    pitwall_vmm::DATA_LABEL,
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            pitwall_vmm::disk::write_config_disk(&c, &guest).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok(VmConfig {
+            id: self.rec.id.to_string(),
+            name: spec.name.clone(),
+            run_dir: Host::run_dir(&self.dir),
+            kernel: self.host.inner.kernel.clone(),
+            initrd: self.host.inner.initrd.clone(),
+            extra_cmdline: String::new(),
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            disks: vec![
+                Disk {
+                    path: image.rootfs.clone(),
+                    read_only: true,
+                },
+                Disk {
+                    path: data,
+                    read_only: false,
+                },
+                Disk {
+                    path: config,
+                    read_only: true,
+                },
+            ],
+            accel: self.host.inner.cfg.accel,
+        })
+    }
+
+    async fn converge_running(&mut self) {
+        if let Some(inst) = self.inst.take() {
+            if self.rec.state == VmState::Running {
+                self.inst = Some(inst);
+                return;
+            }
+            // Re-attached during a boot, or the wish changed mid-boot and back.
+            if self.rec.state != VmState::Starting {
+                self.report(VmState::Starting, None).await;
+            }
+            let timeout = self.host.inner.cfg.boot_timeout;
+            let ready = tokio::select! {
+                r = inst.wait_ready(timeout) => Some(r),
+                _ = self.wish_rx.changed() => None,
+            };
+            self.inst = Some(inst);
+            if let Some(r) = ready {
+                self.after_ready(r).await;
+            }
+            return;
+        }
+        if self.rec.settled_generation >= self.rec.wish.generation {
+            return; // ended by itself or failed at this wish: wait for a new one
+        }
+        if matches!(self.rec.state, VmState::Pending | VmState::Creating) {
+            self.report(VmState::Creating, None).await;
+        }
+        let cfg = match self.prepare().await {
+            Ok(c) => c,
+            Err(why) => return self.fail(why).await,
+        };
+        self.report(VmState::Starting, None).await;
+        let inst = match self.host.inner.vmm.launch(&cfg).await {
+            Ok(i) => i,
+            Err(e) => return self.fail(e.to_string()).await,
+        };
+        info!(vm = self.name(), pid = inst.pid(), "VMM started");
+        let timeout = self.host.inner.cfg.boot_timeout;
+        let ready = tokio::select! {
+            r = inst.wait_ready(timeout) => Some(r),
+            _ = self.wish_rx.changed() => None,
+        };
+        self.inst = Some(inst);
+        if let Some(r) = ready {
+            self.after_ready(r).await;
+        }
+    }
+
+    async fn after_ready(&mut self, r: Result<(), pitwall_vmm::VmmError>) {
+        match r {
+            Ok(()) => self.report(VmState::Running, None).await,
+            Err(e) => self.fail(e.to_string()).await,
+        }
+    }
+
+    async fn fail(&mut self, why: String) {
+        warn!(vm = self.name(), reason = why, "VM failed");
+        if let Some(inst) = self.inst.take() {
+            let _ = inst.kill().await;
+        }
+        self.rec.settled_generation = self.rec.wish.generation;
+        self.report(VmState::Failed, Some(why)).await;
+    }
+
+    /// Stop the VMM if it runs: STOPPING, clean shutdown (kill after the grace), STOPPED.
+    async fn stop_vmm(&mut self, grace: Duration) {
+        let Some(inst) = self.inst.take() else { return };
+        self.report(VmState::Stopping, None).await;
+        match inst.shutdown(grace).await {
+            Ok(exit) => info!(vm = self.name(), %exit, "VM stopped"),
+            Err(e) => warn!(vm = self.name(), error = %e, "shutdown failed; VMM killed"),
+        }
+        self.report(VmState::Stopped, None).await;
+    }
+
+    async fn converge_stopped(&mut self) {
+        if self.inst.is_some() {
+            return self.stop_vmm(DELETE_GRACE).await;
+        }
+        if matches!(self.rec.state, VmState::Pending | VmState::Creating) {
+            // Created but not to be started: build it, leave it STOPPED.
+            self.report(VmState::Creating, None).await;
+            match self.prepare().await {
+                Ok(_) => self.report(VmState::Stopped, None).await,
+                Err(why) => self.fail(why).await,
+            }
+        }
+    }
+
+    async fn delete(&mut self) {
+        self.stop_vmm(DELETE_GRACE).await;
+        if self.rec.state.may_have_vmm() {
+            // STARTING without a VMM (a failed launch) still has to pass STOPPED.
+            self.report(VmState::Stopped, None).await;
+        }
+        if self.rec.state != VmState::Deleting {
+            self.report(VmState::Deleting, None).await;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                let why = format!("cannot remove {}: {e}", self.dir.display());
+                warn!(vm = self.name(), reason = why, "delete failed");
+                self.report(VmState::Failed, Some(why)).await;
+                return;
+            }
+        }
+        let id = self.rec.id;
+        self.host
+            .inner
+            .vms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        // The record is gone with the directory; publish the last state without saving.
+        let status = self.status_message(VmState::Deleted, None);
+        info!(vm = self.name(), vm_id = %id, "VM deleted");
+        self.host.publish_status(status).await;
+    }
+}
+
+impl Host {
+    pub(crate) async fn publish_status(&self, status: VmStatus) {
+        let state = status.core_state().unwrap_or(VmState::Failed);
+        let Ok(key) = routing::status_key(state, &self.inner.cfg.name) else {
+            return;
+        };
+        let env = Envelope::new(&self.inner.sender, None, Payload::VmStatus(status));
+        if let Err(e) = self.inner.bus.publish(&key, encode_envelope(&env)).await {
+            warn!(error = %e, "status not published");
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The host's command queue: VM commands become wishes (persisted, then acknowledged),
+//! console reads and image imports are answered to the asker's reply key.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use pitwall_bus::Delivery;
+use pitwall_core::{DesiredState, ImageRef, VmState};
+use pitwall_proto::v1::{
+    envelope::Payload, image_command, vm_command, ConsoleOutput, Envelope, ImageCommand,
+    ImageStatus, VmCommand,
+};
+use pitwall_proto::{decode_envelope, encode_envelope, routing};
+use tracing::{debug, info, warn};
+
+use crate::record::{Spec, VmRecord, Wish};
+use crate::{Host, HostError};
+
+const PREFETCH: u16 = 64;
+
+pub(crate) async fn start_consumer(host: &Host) -> Result<(), HostError> {
+    let q = routing::host_command_queue(&host.inner.cfg.name)
+        .map_err(|e| HostError::Config(e.to_string()))?;
+    host.inner.bus.declare_queue(&q.name, &q.bindings).await?;
+    let mut consumer = host.inner.bus.consume(&q.name, PREFETCH).await?;
+    let h = host.clone();
+    tokio::spawn(async move {
+        while let Some(d) = consumer.next().await {
+            h.handle_delivery(d).await;
+        }
+    });
+    Ok(())
+}
+
+impl Host {
+    async fn handle_delivery(&self, d: Delivery) {
+        let env = match decode_envelope(&d.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(routing_key = %d.routing_key, error = %e, "dead-lettering an unreadable command");
+                let _ = d.nack(false).await;
+                return;
+            }
+        };
+        let result = match env.payload.clone() {
+            Some(Payload::VmCommand(cmd)) => self.on_vm_command(&env, cmd).await,
+            Some(Payload::ImageCommand(cmd)) => {
+                self.on_image_command(env.clone(), cmd);
+                Ok(())
+            }
+            _ => {
+                warn!(routing_key = %d.routing_key, "dead-lettering a message a host does not handle");
+                let _ = d.nack(false).await;
+                return;
+            }
+        };
+        match result {
+            Ok(()) => {
+                let _ = d.ack().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "command not applied; it will be redelivered");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let _ = d.nack(true).await;
+            }
+        }
+    }
+
+    async fn on_vm_command(&self, env: &Envelope, cmd: VmCommand) -> Result<(), HostError> {
+        let Ok(id) = uuid::Uuid::parse_str(&cmd.vm_id) else {
+            warn!(vm_id = cmd.vm_id, "command with an invalid VM id ignored");
+            return Ok(());
+        };
+        let (desired, spec) = match cmd.command {
+            Some(vm_command::Command::Create(c)) => (
+                if c.start {
+                    DesiredState::Running
+                } else {
+                    DesiredState::Stopped
+                },
+                c.spec,
+            ),
+            Some(vm_command::Command::Start(s)) => (DesiredState::Running, s.spec),
+            Some(vm_command::Command::Stop(_)) => (DesiredState::Stopped, None),
+            Some(vm_command::Command::Delete(_)) => (DesiredState::Deleted, None),
+            Some(vm_command::Command::ReadConsole(r)) => {
+                self.answer_console(env, id, r.max_bytes).await;
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        self.apply_wish(id, desired, cmd.generation, spec.as_ref().map(Spec::from))
+            .await
+    }
+
+    /// Hand a wish to the VM's actor (starting one for a VM new to this host). Older or
+    /// repeated generations change nothing: commands are idempotent.
+    pub(crate) async fn apply_wish(
+        &self,
+        id: uuid::Uuid,
+        desired: DesiredState,
+        generation: u64,
+        spec: Option<Spec>,
+    ) -> Result<(), HostError> {
+        let existing = {
+            let vms = self.inner.vms.lock().unwrap_or_else(|p| p.into_inner());
+            vms.get(&id)
+                .map(|h| (h.wish.borrow().clone(), h.dir.clone()))
+        };
+        match existing {
+            Some((current, dir)) => {
+                if generation <= current.generation {
+                    debug!(vm_id = %id, generation, held = current.generation, "old or repeated command ignored");
+                    return Ok(());
+                }
+                let wish = Wish {
+                    desired,
+                    generation,
+                    spec: spec.unwrap_or(current.spec),
+                };
+                // Persist before acknowledging: the actor saves its record too, but the wish
+                // must survive a crash that happens before the actor runs.
+                if let Some(mut rec) = VmRecord::load(&dir)? {
+                    rec.wish = wish.clone();
+                    rec.save(&dir)?;
+                }
+                let vms = self.inner.vms.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(h) = vms.get(&id) {
+                    h.wish.send_if_modified(|w| {
+                        if w.generation < wish.generation {
+                            *w = wish;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+                Ok(())
+            }
+            None => {
+                let Some(spec) = spec else {
+                    // Stop or delete of a VM this host does not have: nothing to do but say so.
+                    let state = if desired == DesiredState::Deleted {
+                        VmState::Deleted
+                    } else {
+                        VmState::Stopped
+                    };
+                    info!(vm_id = %id, %state, "command for a VM this host does not hold");
+                    if state == VmState::Deleted {
+                        for s in [VmState::Deleting, VmState::Deleted] {
+                            self.publish_status(self.bare_status(id, s, generation))
+                                .await;
+                        }
+                    }
+                    return Ok(());
+                };
+                let rec = VmRecord {
+                    id,
+                    wish: Wish {
+                        desired,
+                        generation,
+                        spec,
+                    },
+                    state: VmState::Pending,
+                    reason: None,
+                    settled_generation: 0,
+                };
+                let dir = VmRecord::dir(&self.vms_dir(), id);
+                rec.save(&dir)?;
+                self.spawn_actor(rec);
+                Ok(())
+            }
+        }
+    }
+
+    fn bare_status(
+        &self,
+        id: uuid::Uuid,
+        state: VmState,
+        generation: u64,
+    ) -> pitwall_proto::v1::VmStatus {
+        let mut s = pitwall_proto::v1::VmStatus {
+            vm_id: id.to_string(),
+            host: self.inner.cfg.name.clone(),
+            generation,
+            ..Default::default()
+        };
+        s.set_core_state(state);
+        s
+    }
+
+    async fn reply(&self, asked: &Envelope, payload: Payload) {
+        let Some(key) = asked.reply_to_key() else {
+            return;
+        };
+        let correlation = asked.correlation().unwrap_or(&asked.message_id);
+        let env = Envelope::new(&self.inner.sender, Some(correlation), payload);
+        if let Err(e) = self.inner.bus.publish(key, encode_envelope(&env)).await {
+            warn!(error = %e, "reply not sent");
+        }
+    }
+
+    async fn answer_console(&self, env: &Envelope, id: uuid::Uuid, max_bytes: u32) {
+        let dir = VmRecord::dir(&self.vms_dir(), id);
+        let path = Host::run_dir(&dir).join(pitwall_vmm::qemu::CONSOLE_LOG);
+        let held = self
+            .inner
+            .vms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id);
+        let out = if !held {
+            ConsoleOutput {
+                vm_id: id.to_string(),
+                error: format!("host {} holds no VM {id}", self.inner.cfg.name),
+                ..Default::default()
+            }
+        } else {
+            match tokio::task::spawn_blocking(move || tail(&path, u64::from(max_bytes))).await {
+                Ok(Ok((data, truncated))) => ConsoleOutput {
+                    vm_id: id.to_string(),
+                    data,
+                    truncated,
+                    error: String::new(),
+                },
+                Ok(Err(e)) => ConsoleOutput {
+                    vm_id: id.to_string(),
+                    error: e,
+                    ..Default::default()
+                },
+                Err(e) => ConsoleOutput {
+                    vm_id: id.to_string(),
+                    error: e.to_string(),
+                    ..Default::default()
+                },
+            }
+        };
+        self.reply(env, Payload::ConsoleOutput(out)).await;
+    }
+
+    /// Imports run in the background (they take seconds to minutes); the answer goes to the
+    /// asker's reply key and, for anyone listening, to the host's image status key.
+    fn on_image_command(&self, env: Envelope, cmd: ImageCommand) {
+        let host = self.clone();
+        tokio::spawn(async move {
+            let status = match cmd.command {
+                Some(image_command::Command::Import(imp)) => {
+                    host.import(
+                        &imp.reference,
+                        Path::new(&imp.archive_path),
+                        imp.remove_archive,
+                    )
+                    .await
+                }
+                Some(image_command::Command::Remove(rm)) => host.remove_image(&rm.reference).await,
+                None => return,
+            };
+            if let Ok(key) = routing::image_status_key(&host.inner.cfg.name) {
+                let e = Envelope::new(
+                    &host.inner.sender,
+                    None,
+                    Payload::ImageStatus(status.clone()),
+                );
+                let _ = host.inner.bus.publish(&key, encode_envelope(&e)).await;
+            }
+            host.reply(&env, Payload::ImageStatus(status)).await;
+        });
+    }
+
+    async fn import(&self, reference: &str, archive: &Path, remove: bool) -> ImageStatus {
+        let mut st = ImageStatus {
+            reference: reference.into(),
+            host: self.inner.cfg.name.clone(),
+            ..Default::default()
+        };
+        let r = match ImageRef::parse(reference) {
+            Ok(r) => r,
+            Err(e) => {
+                st.error = e.to_string();
+                return st;
+            }
+        };
+        let images = self.inner.images.clone();
+        let path = archive.to_path_buf();
+        let res = tokio::task::spawn_blocking(move || images.import(&path, &r)).await;
+        if remove {
+            let _ = std::fs::remove_file(archive);
+        }
+        match res {
+            Ok(Ok(info)) => {
+                info!(image = reference, digest = info.digest, "image imported");
+                st.ok = true;
+                st.digest = info.digest;
+                st.size_bytes = info.size_bytes;
+                st.config_json = serde_json::to_string(&info.config).unwrap_or_default();
+            }
+            Ok(Err(e)) => st.error = e.to_string(),
+            Err(e) => st.error = format!("import crashed: {e}"),
+        }
+        st
+    }
+
+    async fn remove_image(&self, reference: &str) -> ImageStatus {
+        let mut st = ImageStatus {
+            reference: reference.into(),
+            host: self.inner.cfg.name.clone(),
+            ..Default::default()
+        };
+        let r = match ImageRef::parse(reference) {
+            Ok(r) => r,
+            Err(e) => {
+                st.error = e.to_string();
+                return st;
+            }
+        };
+        let images = self.inner.images.clone();
+        match tokio::task::spawn_blocking(move || images.remove(&r)).await {
+            Ok(Ok(existed)) => {
+                st.ok = true;
+                st.removed = existed;
+            }
+            Ok(Err(e)) => st.error = e.to_string(),
+            Err(e) => st.error = e.to_string(),
+        }
+        st
+    }
+}
+
+/// The last `max` bytes of a file, and whether older bytes were cut off. A missing file is
+/// an empty console (the VM has not booted yet).
+fn tail(path: &Path, max: u64) -> Result<(Vec<u8>, bool), String> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
+        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+    };
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let start = len.saturating_sub(max);
+    f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity((len - start) as usize);
+    f.take(max)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
+    Ok((buf, start > 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_returns_the_end_and_says_when_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        assert_eq!(tail(&p, 10).unwrap(), (vec![], false));
+        std::fs::write(&p, b"0123456789abcdef").unwrap();
+        assert_eq!(tail(&p, 4).unwrap(), (b"cdef".to_vec(), true));
+        assert_eq!(
+            tail(&p, 100).unwrap(),
+            (b"0123456789abcdef".to_vec(), false)
+        );
+    }
+}

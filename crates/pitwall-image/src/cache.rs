@@ -1,0 +1,532 @@
+//! The image cache on disk, and the import that fills it.
+//!
+//! ```text
+//! <root>/images/<digest-hex>/rootfs.ext4   read-only base image (mode 0444)
+//! <root>/images/<digest-hex>/image.json    what was built (digest, size, run config)
+//! <root>/refs/<name>-<hash>.json           one file per reference: {reference, digest}
+//! <root>/locks/<digest-hex>.lock           held while that digest is being built
+//! <root>/tmp/<work>/                       one import's work (staging tree, ext4 before publish)
+//! <root>/cache.lock                        held briefly around ref changes and deletions
+//! ```
+//!
+//! An image directory appears only by an atomic `rename` of a complete work directory and
+//! disappears only by a `rename` into `tmp/` before it is deleted, so a reader sees either a
+//! whole image or none. Builds of one digest are serialised by its lock file (the second
+//! import waits, then reuses); reference changes and deletions take `cache.lock`. Both are
+//! `flock`s, so they hold across processes and are released when a process dies. A work
+//! directory is removed when its import ends, on success or error; one left by a killed
+//! process is swept by the next [`ImageCache::open`] (its own lock is no longer held).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use pitwall_core::ImageRef;
+use rustix::fs::{flock, FlockOperation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::archive::Source;
+use crate::digest;
+use crate::error::{ImageError, IoContext};
+use crate::ext4;
+use crate::layer::Limits;
+use crate::oci::Platform;
+use crate::resolve::{resolve, Format, ResolvedImage};
+use crate::{ImageConfig, ImageInfo};
+
+/// How imports behave. `Default` suits a fresh host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Refuse images whose layers unpack to more file data than this. Default 16 GiB.
+    pub max_unpacked_bytes: u64,
+    /// Refuse images whose layers hold more entries than this. Default 4 million.
+    pub max_entries: u64,
+    /// The `mkfs.ext4` to run. Default: `mkfs.ext4` from `PATH`.
+    pub mkfs_ext4: PathBuf,
+    /// OCI architecture name to pick from multi-platform images, and to require of single
+    /// ones. Default: this host's (`amd64` on x86_64, `arm64` on aarch64).
+    pub architecture: String,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self {
+            max_unpacked_bytes: 16 << 30,
+            max_entries: 4_000_000,
+            mkfs_ext4: ext4::default_mkfs(),
+            architecture: host_architecture().to_string(),
+        }
+    }
+}
+
+/// The OCI name of the architecture this binary runs on.
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// What `image.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ImageRecord {
+    digest: String,
+    size_bytes: u64,
+    unpacked_bytes: u64,
+    format: String,
+    os: String,
+    architecture: String,
+    config: ImageConfig,
+}
+
+/// What a file in `refs/` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RefRecord {
+    reference: String,
+    digest: String,
+}
+
+/// An exclusive `flock` held until drop (closing the file releases it).
+struct Locked {
+    _file: File,
+}
+
+/// Waits for an exclusive lock on `path`.
+fn lock(path: &Path) -> Result<Locked, ImageError> {
+    let file = open_lock_file(path)?;
+    flock(&file, FlockOperation::LockExclusive)
+        .map_err(|e| ImageError::io("lock", path, e.into()))?;
+    Ok(Locked { _file: file })
+}
+
+/// Takes an exclusive lock on `path` if nobody holds it.
+fn try_lock(path: &Path) -> Result<Option<Locked>, ImageError> {
+    let file = open_lock_file(path)?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(Locked { _file: file })),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(None),
+        Err(e) => Err(ImageError::io("lock", path, e.into())),
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File, ImageError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .ctx("open lock file", path)
+}
+
+/// One import's private directory, removed on drop.
+struct Work {
+    dir: tempfile::TempDir,
+    _lock: Locked,
+}
+
+/// The cache of built base images and the references that name them.
+#[derive(Debug, Clone)]
+pub struct ImageCache {
+    root: PathBuf,
+    options: ImportOptions,
+}
+
+impl ImageCache {
+    /// Opens (creating if needed) the cache at `root` with default options.
+    pub fn open(root: &Path) -> Result<Self, ImageError> {
+        Self::open_with(root, ImportOptions::default())
+    }
+
+    /// Opens (creating if needed) the cache at `root`, and sweeps work left by imports that
+    /// died.
+    pub fn open_with(root: &Path, options: ImportOptions) -> Result<Self, ImageError> {
+        let cache = Self {
+            root: root.to_path_buf(),
+            options,
+        };
+        for d in ["images", "refs", "locks"] {
+            fs::create_dir_all(root.join(d)).ctx("create directory", root.join(d))?;
+        }
+        let tmp = cache.tmp_dir();
+        fs::create_dir_all(&tmp).ctx("create directory", &tmp)?;
+        // Work directories hold unpacked trees with setuid files: keep others out.
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700))
+            .ctx("set the mode of", &tmp)?;
+        cache.sweep()?;
+        Ok(cache)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn options(&self) -> &ImportOptions {
+        &self.options
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn image_dir(&self, hex: &str) -> PathBuf {
+        self.root.join("images").join(hex)
+    }
+
+    fn global(&self) -> Result<Locked, ImageError> {
+        lock(&self.root.join("cache.lock"))
+    }
+
+    fn sweep(&self) -> Result<(), ImageError> {
+        let _g = self.global()?;
+        let tmp = self.tmp_dir();
+        for e in fs::read_dir(&tmp).ctx("read directory", &tmp)? {
+            let path = e.ctx("read directory", &tmp)?.path();
+            let stale = match fs::symlink_metadata(path.join(".lock")) {
+                Ok(_) => try_lock(&path.join(".lock"))?.is_some(),
+                Err(_) => true,
+            };
+            if stale {
+                tracing::info!(path = %path.display(), "removing work left by an interrupted import");
+                remove_any(&path);
+            }
+        }
+        Ok(())
+    }
+
+    fn new_work(&self) -> Result<Work, ImageError> {
+        let _g = self.global()?;
+        let tmp = self.tmp_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("import-")
+            .tempdir_in(&tmp)
+            .ctx("create a work directory in", &tmp)?;
+        let lock = lock(&dir.path().join(".lock"))?;
+        Ok(Work { dir, _lock: lock })
+    }
+
+    /// Imports the image `reference` names from `source`: an OCI image layout directory, an
+    /// OCI layout tar (`oci-archive`), or a `docker save` tar (either may be gzip- or
+    /// zstd-compressed). When the archive holds several images, the one whose name matches
+    /// `reference` is taken; an archive with exactly one image is taken whatever its name.
+    /// Builds the ext4 base image unless one with the same digest is cached, and registers
+    /// `reference` for it (replacing what it named before).
+    pub fn import(&self, source: &Path, reference: &ImageRef) -> Result<ImageInfo, ImageError> {
+        let canonical = reference.to_string();
+        tracing::info!(image = %canonical, source = %source.display(), "importing image");
+        let work = self.new_work()?;
+        let limits = self.limits();
+        // A compressed archive is mostly layer blobs: allow what their streams may be.
+        let src = Source::open(source, work.dir.path(), crate::rootfs::stream_cap(limits))?;
+        let resolved = resolve(&src, reference, &self.wanted_platform())?;
+        let hex = digest::sha256_hex(&resolved.digest)
+            .ok_or_else(|| {
+                ImageError::InvalidInput(format!(
+                    "image digest {:?} is not sha256",
+                    resolved.digest
+                ))
+            })?
+            .to_string();
+        for _ in 0..3 {
+            self.ensure_built(&src, &resolved, &hex, &work)?;
+            let _g = self.global()?;
+            // A concurrent `remove` may have deleted it between build and registration.
+            if let Some(record) = self.read_record(&hex)? {
+                self.write_ref(&canonical, &record.digest)?;
+                tracing::info!(image = %canonical, digest = %record.digest, size_bytes = record.size_bytes, "image imported");
+                return Ok(self.info(canonical, &hex, record));
+            }
+        }
+        Err(ImageError::CacheCorrupt {
+            path: self.image_dir(&hex),
+            detail: "it disappeared three times right after being built (concurrent removals?)"
+                .into(),
+        })
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_bytes: self.options.max_unpacked_bytes,
+            max_entries: self.options.max_entries,
+        }
+    }
+
+    fn wanted_platform(&self) -> Platform {
+        Platform {
+            architecture: self.options.architecture.clone(),
+            os: "linux".into(),
+            variant: None,
+        }
+    }
+
+    fn ensure_built(
+        &self,
+        src: &Source,
+        image: &ResolvedImage,
+        hex: &str,
+        work: &Work,
+    ) -> Result<(), ImageError> {
+        let _build = lock(&self.root.join("locks").join(format!("{hex}.lock")))?;
+        match self.read_record(hex) {
+            Ok(Some(_)) => {
+                tracing::info!(digest = %image.digest, "image already built; reusing it");
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e @ ImageError::CacheCorrupt { .. }) => {
+                tracing::warn!(digest = %image.digest, error = %e, "rebuilding a damaged image");
+            }
+            Err(e) => return Err(e),
+        }
+        let staging = work.dir.path().join("rootfs");
+        let out = work.dir.path().join("out");
+        for d in [&staging, &out] {
+            remove_any(d);
+            fs::create_dir(d).ctx("create directory", d)?;
+        }
+        fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))
+            .ctx("set the mode of", &staging)?;
+        let unpacked_bytes = crate::rootfs::unpack(src, image, &staging, self.limits())?;
+        let rootfs = out.join("rootfs.ext4");
+        let size_bytes = ext4::build(&self.options.mkfs_ext4, &staging, &rootfs)?;
+        remove_any(&staging);
+        fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o444))
+            .ctx("set the mode of", &rootfs)?;
+        File::open(&rootfs)
+            .and_then(|f| f.sync_all())
+            .ctx("sync", &rootfs)?;
+        let record = ImageRecord {
+            digest: image.digest.clone(),
+            size_bytes,
+            unpacked_bytes,
+            format: match image.format {
+                Format::OciLayout => "oci-layout",
+                Format::DockerSave => "docker-save",
+            }
+            .into(),
+            os: image.platform.os.clone(),
+            architecture: image.platform.architecture.clone(),
+            config: image.config.clone(),
+        };
+        write_json(&out.join("image.json"), &record)?;
+        let dest = self.image_dir(hex);
+        if dest.exists() {
+            // Only a damaged leftover can be here (a whole image has image.json): move it away.
+            remove_any(&self.trash(&dest)?);
+        }
+        fs::rename(&out, &dest).ctx("publish", &dest)?;
+        sync_dir(&self.root.join("images"));
+        tracing::info!(digest = %image.digest, size_bytes, unpacked_bytes, "built base image");
+        Ok(())
+    }
+
+    fn read_record(&self, hex: &str) -> Result<Option<ImageRecord>, ImageError> {
+        let dir = self.image_dir(hex);
+        let path = dir.join("image.json");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ImageError::io("read", path, e)),
+        };
+        let record: ImageRecord =
+            serde_json::from_slice(&bytes).map_err(|e| ImageError::CacheCorrupt {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        if !dir.join("rootfs.ext4").is_file() {
+            return Err(ImageError::CacheCorrupt {
+                path: dir,
+                detail: "rootfs.ext4 is missing".into(),
+            });
+        }
+        Ok(Some(record))
+    }
+
+    fn info(&self, reference: String, hex: &str, record: ImageRecord) -> ImageInfo {
+        ImageInfo {
+            reference,
+            digest: record.digest,
+            rootfs: self.image_dir(hex).join("rootfs.ext4"),
+            size_bytes: record.size_bytes,
+            config: record.config,
+        }
+    }
+
+    fn ref_path(&self, canonical: &str) -> PathBuf {
+        let readable: String = canonical
+            .chars()
+            .take(100)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let hash = hex::encode(Sha256::digest(canonical.as_bytes()));
+        self.root
+            .join("refs")
+            .join(format!("{readable}-{}.json", &hash[..16]))
+    }
+
+    fn write_ref(&self, canonical: &str, digest: &str) -> Result<(), ImageError> {
+        write_json(
+            &self.ref_path(canonical),
+            &RefRecord {
+                reference: canonical.to_string(),
+                digest: digest.to_string(),
+            },
+        )?;
+        sync_dir(&self.root.join("refs"));
+        Ok(())
+    }
+
+    fn read_ref(&self, path: &Path) -> Result<Option<RefRecord>, ImageError> {
+        match fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| ImageError::CacheCorrupt {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ImageError::io("read", path, e)),
+        }
+    }
+
+    fn all_refs(&self) -> Result<Vec<(PathBuf, RefRecord)>, ImageError> {
+        let dir = self.root.join("refs");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).ctx("read directory", &dir)? {
+            let path = e.ctx("read directory", &dir)?.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                if let Some(r) = self.read_ref(&path)? {
+                    out.push((path, r));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.1.reference.cmp(&b.1.reference));
+        Ok(out)
+    }
+
+    fn info_for(&self, r: RefRecord) -> Result<Option<ImageInfo>, ImageError> {
+        let Some(hex) = digest::sha256_hex(&r.digest).map(str::to_string) else {
+            return Err(ImageError::CacheCorrupt {
+                path: self.ref_path(&r.reference),
+                detail: format!("digest {:?} is not sha256", r.digest),
+            });
+        };
+        match self.read_record(&hex)? {
+            Some(record) => Ok(Some(self.info(r.reference, &hex, record))),
+            None => {
+                tracing::warn!(image = %r.reference, digest = %r.digest, "reference names an image that is not built; import it again");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The image `reference` names, if it is imported.
+    pub fn get(&self, reference: &ImageRef) -> Result<Option<ImageInfo>, ImageError> {
+        let canonical = reference.to_string();
+        match self.read_ref(&self.ref_path(&canonical))? {
+            Some(r) if r.reference == canonical => self.info_for(r),
+            _ => Ok(None),
+        }
+    }
+
+    /// Every imported reference, sorted by reference.
+    pub fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
+        let mut out = Vec::new();
+        for (_, r) in self.all_refs()? {
+            if let Some(info) = self.info_for(r)? {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unregisters `reference`; deletes the built image once no reference names its digest.
+    /// Returns whether the reference existed. A VM that has the image open keeps reading it
+    /// (the file is unlinked, not overwritten).
+    pub fn remove(&self, reference: &ImageRef) -> Result<bool, ImageError> {
+        let canonical = reference.to_string();
+        let path = self.ref_path(&canonical);
+        let trash = {
+            let _g = self.global()?;
+            let Some(r) = self.read_ref(&path)?.filter(|r| r.reference == canonical) else {
+                return Ok(false);
+            };
+            fs::remove_file(&path).ctx("remove", &path)?;
+            sync_dir(&self.root.join("refs"));
+            let still_named = self.all_refs()?.iter().any(|(_, o)| o.digest == r.digest);
+            tracing::info!(image = %canonical, digest = %r.digest, "image reference removed");
+            match digest::sha256_hex(&r.digest) {
+                Some(hex) if !still_named && self.image_dir(hex).exists() => {
+                    tracing::info!(digest = %r.digest, "no reference left; deleting base image");
+                    Some(self.trash(&self.image_dir(hex))?)
+                }
+                _ => None,
+            }
+        };
+        if let Some(t) = trash {
+            remove_any(&t);
+        }
+        Ok(true)
+    }
+
+    /// Moves `path` into `tmp/` (atomically out of sight) and returns where it went.
+    fn trash(&self, path: &Path) -> Result<PathBuf, ImageError> {
+        let tmp = self.tmp_dir();
+        let name = format!(
+            "trash-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let dest = tmp.join(name);
+        fs::rename(path, &dest).ctx("move to trash", path)?;
+        Ok(dest)
+    }
+}
+
+/// Removes a file or directory tree; failures (it may be gone already) are only logged.
+fn remove_any(path: &Path) {
+    let res = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(_) => return,
+    };
+    if let Err(e) = res {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove");
+    }
+}
+
+/// Writes JSON to a temporary name beside `path`, syncs, and renames over it.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ImageError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).ctx("create a file in", dir)?;
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| ImageError::io("serialise", path, e.into()))?;
+    tmp.write_all(&bytes).ctx("write", path)?;
+    tmp.as_file().sync_all().ctx("sync", path)?;
+    tmp.persist(path)
+        .map_err(|e| ImageError::io("write", path, e.error))?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Err(e) = File::open(dir).and_then(|f| f.sync_all()) {
+        tracing::debug!(dir = %dir.display(), error = %e, "could not sync directory");
+    }
+}
+
+#[cfg(test)]
+mod tests;

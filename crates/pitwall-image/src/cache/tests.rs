@@ -1,0 +1,626 @@
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::MetadataExt;
+
+use super::*;
+use crate::oci::{Index, Manifest};
+use crate::testutil::{
+    config, debugfs, docker_save, ext4_cat, ext4_exists, oci_dir, tar_of_dir, Layer, Scratch,
+};
+
+fn r(s: &str) -> ImageRef {
+    ImageRef::parse(s).unwrap()
+}
+
+fn hello_layers() -> Vec<Vec<u8>> {
+    vec![
+        Layer::new()
+            .dir("bin/")
+            .file_with("bin/busybox", b"#!busybox", 0o755, 0, 0)
+            .hardlink("bin/sh", "bin/busybox")
+            .symlink("bin/ls", "busybox")
+            .file("etc/gone", b"old")
+            .build(),
+        Layer::new()
+            .file("hello.txt", b"hello from pitwall\n")
+            .file("etc/.wh.gone", b"")
+            .build(),
+    ]
+}
+
+/// Asserts the cache holds nothing but its empty skeleton: no image, no reference, no work.
+fn assert_cache_empty(root: &Path) {
+    for d in ["images", "refs", "tmp"] {
+        let n = fs::read_dir(root.join(d)).unwrap().count();
+        assert_eq!(n, 0, "{d}/ is not empty after a failed import");
+    }
+}
+
+#[test]
+fn imports_an_oci_layout_directory_into_an_ext4_image() {
+    let s = Scratch::new();
+    let digest = oci_dir(&s.path("layout"), "1.0", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache
+        .import(&s.path("layout"), &r("demo/hello:1.0"))
+        .unwrap();
+
+    assert_eq!(info.reference, "demo/hello:1.0");
+    assert_eq!(info.digest, digest);
+    assert_eq!(info.config, config());
+    assert_eq!(info.size_bytes, fs::metadata(&info.rootfs).unwrap().len());
+    assert_eq!(
+        ext4_cat(&info.rootfs, "/hello.txt").unwrap(),
+        b"hello from pitwall\n"
+    );
+    assert!(!ext4_exists(&info.rootfs, "/etc/gone"));
+    let stats = debugfs(&info.rootfs, "stats");
+    assert!(
+        stats.contains("Filesystem volume name:   pw-base"),
+        "{stats}"
+    );
+    assert!(!stats.contains("has_journal"), "{stats}");
+    assert_eq!(cache.get(&r("demo/hello:1.0")).unwrap(), Some(info));
+}
+
+#[test]
+fn hard_links_and_symlinks_survive_into_the_ext4_image() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&s.path("layout"), &r("hello")).unwrap();
+    let bb = debugfs(&info.rootfs, "stat /bin/busybox");
+    let sh = debugfs(&info.rootfs, "stat /bin/sh");
+    assert!(bb.contains("Links: 2"), "{bb}");
+    let inode = |s: &str| s.split_whitespace().nth(1).map(str::to_string);
+    assert_eq!(inode(&bb), inode(&sh), "sh is a hard link of busybox");
+    let ls = debugfs(&info.rootfs, "stat /bin/ls");
+    assert!(
+        ls.contains("Type: symlink") && ls.contains("\"busybox\""),
+        "{ls}"
+    );
+    assert!(bb.contains("Mode:  0755"), "{bb}");
+}
+
+#[test]
+fn owners_modes_times_and_xattrs_survive_into_the_ext4_image() {
+    let s = Scratch::new();
+    oci_dir(
+        &s.path("layout"),
+        "latest",
+        vec![Layer::new()
+            .file_with("bin/su", b"su", 0o4755, 0, 0)
+            .dir_with("home/u/", 0o700, 1000, 1000)
+            .file_with("home/u/notes", b"n", 0o600, 1000, 1001)
+            .file_xattr("bin/tagged", b"t", &[("user.pitwall", b"yes")])
+            .build()],
+    );
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&s.path("layout"), &r("meta")).unwrap();
+    let su = debugfs(&info.rootfs, "stat /bin/su");
+    assert!(su.contains("Mode:  04755"), "{su}");
+    let notes = debugfs(&info.rootfs, "stat /home/u/notes");
+    assert!(
+        notes.contains("Mode:  0600") && notes.contains("User:  1000   Group:  1001"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("mtime: 0x6553f100"),
+        "mtime 1700000000 kept: {notes}"
+    );
+    let home = debugfs(&info.rootfs, "stat /home/u");
+    assert!(
+        home.contains("Mode:  0700") && home.contains("mtime: 0x6553f100"),
+        "{home}"
+    );
+    let ea = debugfs(&info.rootfs, "ea_list /bin/tagged");
+    assert!(ea.contains("user.pitwall (3) = \"yes\""), "{ea}");
+    let root = debugfs(&info.rootfs, "stat /");
+    assert!(root.contains("User:     0   Group:     0"), "{root}");
+}
+
+#[test]
+fn imports_an_oci_archive_tar() {
+    let s = Scratch::new();
+    let digest = oci_dir(&s.path("layout"), "latest", hello_layers());
+    tar_of_dir(&s.path("layout"), &s.path("image.tar"));
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache
+        .import(&s.path("image.tar"), &r("hello:latest"))
+        .unwrap();
+    assert_eq!(info.digest, digest);
+    assert_eq!(
+        ext4_cat(&info.rootfs, "/hello.txt").unwrap(),
+        b"hello from pitwall\n"
+    );
+    assert_eq!(fs::read_dir(s.cache_root().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn imports_a_gzip_compressed_archive() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    tar_of_dir(&s.path("layout"), &s.path("image.tar"));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&fs::read(s.path("image.tar")).unwrap())
+        .unwrap();
+    fs::write(s.path("image.tar.gz"), gz.finish().unwrap()).unwrap();
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&s.path("image.tar.gz"), &r("hello")).unwrap();
+    assert!(ext4_exists(&info.rootfs, "/hello.txt"));
+}
+
+#[test]
+fn imports_docker_save_archives_old_and_new() {
+    for legacy in [true, false] {
+        let s = Scratch::new();
+        let digest = docker_save(
+            &s.path("save.tar"),
+            &["busybox:latest"],
+            &hello_layers(),
+            legacy,
+            None,
+        );
+        let cache = ImageCache::open(&s.cache_root()).unwrap();
+        let info = cache
+            .import(&s.path("save.tar"), &r("docker.io/library/busybox"))
+            .unwrap();
+        assert_eq!(
+            info.digest, digest,
+            "docker save images are keyed by their config digest"
+        );
+        assert_eq!(info.reference, "docker.io/library/busybox:latest");
+        assert_eq!(info.config.cmd, vec!["sh"]);
+        assert_eq!(
+            ext4_cat(&info.rootfs, "/hello.txt").unwrap(),
+            b"hello from pitwall\n"
+        );
+        assert!(!ext4_exists(&info.rootfs, "/etc/gone"));
+    }
+}
+
+#[test]
+fn docker_save_layer_that_does_not_match_its_diff_id_is_refused() {
+    let s = Scratch::new();
+    let wrong = vec![
+        crate::digest::sha256_of(b"x"),
+        crate::digest::sha256_of(b"y"),
+    ];
+    docker_save(
+        &s.path("save.tar"),
+        &["x:1"],
+        &hello_layers(),
+        true,
+        Some(wrong),
+    );
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let e = cache.import(&s.path("save.tar"), &r("x:1")).unwrap_err();
+    assert!(
+        matches!(e, ImageError::DiffIdMismatch { layer: 1, .. }),
+        "{e}"
+    );
+    assert_cache_empty(&s.cache_root());
+}
+
+#[test]
+fn picks_the_named_image_from_a_layout_holding_several() {
+    let s = Scratch::new();
+    oci_dir(
+        &s.path("layout"),
+        "one",
+        vec![Layer::new().file("which", b"one").build()],
+    );
+    oci_dir(
+        &s.path("layout"),
+        "two",
+        vec![Layer::new().file("which", b"two").build()],
+    );
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&s.path("layout"), &r("demo:two")).unwrap();
+    assert_eq!(ext4_cat(&info.rootfs, "/which").unwrap(), b"two");
+    let e = cache
+        .import(&s.path("layout"), &r("demo:three"))
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, ImageError::NoMatchingImage { count: 2, .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("one") && msg.contains("two"), "{msg}");
+}
+
+#[test]
+fn picks_this_hosts_platform_from_a_nested_index() {
+    let s = Scratch::new();
+    let layout = s.path("layout");
+    let amd = oci_dir(
+        &layout,
+        "amd",
+        vec![Layer::new().file("arch", b"mine").build()],
+    );
+    let other = oci_dir(
+        &layout,
+        "other",
+        vec![Layer::new().file("arch", b"other").build()],
+    );
+    let index: Index =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mut manifests = index.manifests.clone();
+    for m in &mut manifests {
+        m.annotations.clear();
+        let arch = if m.digest == amd {
+            host_architecture()
+        } else {
+            "s390x"
+        };
+        m.platform = Some(Platform {
+            architecture: arch.into(),
+            os: "linux".into(),
+            variant: None,
+        });
+    }
+    manifests.reverse();
+    let nested = serde_json::to_vec(&Index {
+        schema_version: 2,
+        media_type: Some(crate::oci::MT_OCI_INDEX.into()),
+        manifests,
+    })
+    .unwrap();
+    let nested_digest = crate::digest::sha256_of(&nested);
+    fs::write(
+        layout.join("blobs/sha256").join(&nested_digest[7..]),
+        &nested,
+    )
+    .unwrap();
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": crate::oci::MT_OCI_INDEX, "digest": nested_digest, "size": nested.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
+    fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&layout, &r("demo:multi")).unwrap();
+    assert_eq!(info.digest, amd, "the digest is the platform manifest's");
+    assert_ne!(info.digest, other);
+    assert_eq!(ext4_cat(&info.rootfs, "/arch").unwrap(), b"mine");
+}
+
+#[test]
+fn a_pinned_digest_must_match_the_archive() {
+    let s = Scratch::new();
+    let digest = oci_dir(&s.path("layout"), "latest", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let wrong = format!("hello@sha256:{}", "0".repeat(64));
+    let e = cache.import(&s.path("layout"), &r(&wrong)).unwrap_err();
+    assert!(matches!(e, ImageError::PinnedDigestMismatch { .. }), "{e}");
+    let info = cache
+        .import(&s.path("layout"), &r(&format!("hello@{digest}")))
+        .unwrap();
+    assert_eq!(info.digest, digest);
+    assert_eq!(info.reference, format!("hello@{digest}"));
+}
+
+#[test]
+fn corrupt_blob_is_refused_naming_it() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    let manifest_layers = {
+        let idx: Index =
+            serde_json::from_slice(&fs::read(s.path("layout/index.json")).unwrap()).unwrap();
+        let m: Manifest = serde_json::from_slice(
+            &fs::read(
+                s.path("layout/blobs/sha256")
+                    .join(&idx.manifests[0].digest[7..]),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        m.layers
+    };
+    let blob = s
+        .path("layout/blobs/sha256")
+        .join(&manifest_layers[1].digest[7..]);
+    let mut bytes = fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    fs::write(&blob, bytes).unwrap();
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let e = cache.import(&s.path("layout"), &r("hello")).unwrap_err();
+    assert!(matches!(e, ImageError::BlobDigestMismatch { .. }), "{e}");
+    assert!(
+        e.to_string().contains(&manifest_layers[1].digest[7..]),
+        "{e}"
+    );
+    assert_cache_empty(&s.cache_root());
+}
+
+#[test]
+fn truncated_archive_is_refused() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    tar_of_dir(&s.path("layout"), &s.path("image.tar"));
+    let full = fs::read(s.path("image.tar")).unwrap();
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    for cut in [full.len() / 2 + 100, full.len() - 1500, 700] {
+        fs::write(s.path("cut.tar"), &full[..cut]).unwrap();
+        let e = cache.import(&s.path("cut.tar"), &r("hello")).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ImageError::CorruptArchive { .. } | ImageError::MissingBlob { .. }
+            ),
+            "cut at {cut}: {e}"
+        );
+    }
+    assert_cache_empty(&s.cache_root());
+}
+
+#[test]
+fn something_that_is_no_image_is_refused_clearly() {
+    let s = Scratch::new();
+    fs::create_dir(s.path("empty")).unwrap();
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let e = cache.import(&s.path("empty"), &r("x")).unwrap_err();
+    assert!(
+        e.to_string().contains("has no index.json or manifest.json"),
+        "{e}"
+    );
+    let e = cache.import(&s.path("missing.tar"), &r("x")).unwrap_err();
+    assert!(matches!(e, ImageError::SourceUnreadable { .. }), "{e}");
+}
+
+/// Each hostile image is imported through the whole pipeline; a sentinel directory next to
+/// the cache must stay as it was, and a refused import leaves the cache empty.
+#[test]
+fn hostile_layers_are_refused_and_write_nothing_outside() {
+    let s = Scratch::new();
+    let outside = s.outside().to_str().unwrap().to_string();
+    // rootfs → import-XXXX → tmp → cache → scratch
+    let up = "../../../../outside";
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "traversal",
+            Layer::new().file(&format!("{up}/pwned"), b"x").build(),
+        ),
+        (
+            "symlink then write",
+            Layer::new()
+                .symlink("evil", up)
+                .file("evil/pwned", b"x")
+                .build(),
+        ),
+        (
+            "absolute symlink then write",
+            Layer::new()
+                .symlink("etc", &outside)
+                .file("etc/secret", b"x")
+                .build(),
+        ),
+        (
+            "hard link out",
+            Layer::new().hardlink("x", &format!("{up}/secret")).build(),
+        ),
+        (
+            "hard link through symlink",
+            Layer::new()
+                .symlink("s", &outside)
+                .hardlink("x", "s/secret")
+                .build(),
+        ),
+        (
+            "whiteout of ..",
+            Layer::new().dir("a/").file("a/.wh..", b"").build(),
+        ),
+        (
+            "whiteout through symlink",
+            Layer::new()
+                .symlink("s", &outside)
+                .file("s/.wh.secret", b"")
+                .build(),
+        ),
+    ];
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    for (name, layer) in cases {
+        let layout = s.path(&format!("layout-{}", name.replace(' ', "-")));
+        oci_dir(&layout, "latest", vec![layer]);
+        let e = cache.import(&layout, &r("hostile")).unwrap_err();
+        assert!(matches!(e, ImageError::UnsafeEntry { .. }), "{name}: {e}");
+        assert!(e.to_string().ends_with(": refused"), "{name}: {e}");
+        s.assert_outside_untouched();
+        assert_cache_empty(&s.cache_root());
+    }
+}
+
+#[test]
+fn absolute_paths_and_links_out_are_contained() {
+    let s = Scratch::new();
+    let secret = s.outside().join("secret").to_str().unwrap().to_string();
+    oci_dir(
+        &s.path("layout"),
+        "latest",
+        vec![
+            Layer::new()
+                .file(&format!("{secret}-abs"), b"inside")
+                .symlink("link-out", &secret)
+                .hardlink("hl", "link-out")
+                .build(),
+            Layer::new()
+                .file("link-out", b"replaced")
+                .file("hl", b"replaced too")
+                .build(),
+        ],
+    );
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&s.path("layout"), &r("contained")).unwrap();
+    assert_eq!(
+        ext4_cat(&info.rootfs, &format!("{secret}-abs")).unwrap(),
+        b"inside"
+    );
+    assert_eq!(ext4_cat(&info.rootfs, "/link-out").unwrap(), b"replaced");
+    s.assert_outside_untouched();
+}
+
+#[test]
+fn device_nodes_are_left_out_of_the_image() {
+    let s = Scratch::new();
+    oci_dir(
+        &s.path("layout"),
+        "latest",
+        vec![Layer::new()
+            .char_device("dev/kmsg")
+            .file("ok", b"1")
+            .build()],
+    );
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&s.path("layout"), &r("dev")).unwrap();
+    assert!(!ext4_exists(&info.rootfs, "/dev/kmsg"));
+    assert!(ext4_exists(&info.rootfs, "/ok"));
+}
+
+#[test]
+fn image_over_the_size_limit_is_refused() {
+    let s = Scratch::new();
+    oci_dir(
+        &s.path("layout"),
+        "latest",
+        vec![Layer::new().file("big", &[0; 5000]).build()],
+    );
+    let options = ImportOptions {
+        max_unpacked_bytes: 4096,
+        ..ImportOptions::default()
+    };
+    let cache = ImageCache::open_with(&s.cache_root(), options).unwrap();
+    let e = cache.import(&s.path("layout"), &r("big")).unwrap_err();
+    assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");
+    assert_cache_empty(&s.cache_root());
+}
+
+#[test]
+fn importing_the_same_image_twice_builds_it_once() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let a = cache.import(&s.path("layout"), &r("hello:a")).unwrap();
+    let before = fs::metadata(&a.rootfs).unwrap();
+    let b = cache.import(&s.path("layout"), &r("hello:b")).unwrap();
+    let after = fs::metadata(&b.rootfs).unwrap();
+    assert_eq!(a.rootfs, b.rootfs);
+    assert_eq!(
+        (before.ino(), before.mtime_nsec(), before.mtime()),
+        (after.ino(), after.mtime_nsec(), after.mtime())
+    );
+    assert_eq!(
+        cache
+            .list()
+            .unwrap()
+            .iter()
+            .map(|i| i.reference.as_str())
+            .collect::<Vec<_>>(),
+        ["hello:a", "hello:b"]
+    );
+}
+
+#[test]
+fn a_damaged_cache_entry_is_rebuilt_on_import() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&s.path("layout"), &r("hello")).unwrap();
+    fs::remove_file(&info.rootfs).unwrap();
+    assert!(matches!(
+        cache.get(&r("hello")),
+        Err(ImageError::CacheCorrupt { .. })
+    ));
+    let again = cache.import(&s.path("layout"), &r("hello")).unwrap();
+    assert_eq!(
+        ext4_cat(&again.rootfs, "/hello.txt").unwrap(),
+        b"hello from pitwall\n"
+    );
+    assert_eq!(fs::read_dir(s.cache_root().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn concurrent_imports_of_one_image_agree() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let infos: Vec<ImageInfo> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..3)
+            .map(|i| {
+                let cache = cache.clone();
+                let layout = s.path("layout");
+                sc.spawn(move || cache.import(&layout, &r(&format!("hello:t{i}"))).unwrap())
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(infos.iter().all(|i| i.rootfs == infos[0].rootfs));
+    assert_eq!(
+        fs::read_dir(s.cache_root().join("images")).unwrap().count(),
+        1
+    );
+    assert_eq!(fs::read_dir(s.cache_root().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        ext4_cat(&infos[0].rootfs, "/hello.txt").unwrap(),
+        b"hello from pitwall\n"
+    );
+}
+
+#[test]
+fn remove_deletes_the_image_when_no_reference_is_left() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let a = cache.import(&s.path("layout"), &r("hello:a")).unwrap();
+    cache.import(&s.path("layout"), &r("hello:b")).unwrap();
+    assert!(cache.remove(&r("hello:a")).unwrap());
+    assert!(a.rootfs.exists(), "hello:b still names it");
+    assert_eq!(cache.get(&r("hello:a")).unwrap(), None);
+    assert!(cache.remove(&r("hello:b")).unwrap());
+    assert!(!a.rootfs.exists());
+    assert!(!cache.remove(&r("hello:b")).unwrap());
+    assert!(cache.list().unwrap().is_empty());
+    assert_eq!(fs::read_dir(s.cache_root().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn reimport_under_a_name_moves_the_name_to_the_new_image() {
+    let s = Scratch::new();
+    oci_dir(
+        &s.path("v1"),
+        "latest",
+        vec![Layer::new().file("v", b"1").build()],
+    );
+    oci_dir(
+        &s.path("v2"),
+        "latest",
+        vec![Layer::new().file("v", b"2").build()],
+    );
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let one = cache.import(&s.path("v1"), &r("app")).unwrap();
+    let two = cache.import(&s.path("v2"), &r("app")).unwrap();
+    assert_ne!(one.digest, two.digest);
+    assert_eq!(
+        cache.get(&r("app:latest")).unwrap().unwrap().digest,
+        two.digest
+    );
+    assert!(
+        one.rootfs.exists(),
+        "the old image stays until remove; it may be in use"
+    );
+}
+
+#[test]
+fn open_sweeps_work_left_by_a_killed_import() {
+    let s = Scratch::new();
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let stale = s.cache_root().join("tmp/import-dead");
+    fs::create_dir_all(stale.join("rootfs")).unwrap();
+    fs::write(stale.join(".lock"), b"").unwrap();
+    let live = cache.new_work().unwrap();
+    ImageCache::open(&s.cache_root()).unwrap();
+    assert!(!stale.exists());
+    assert!(
+        live.dir.path().exists(),
+        "a running import's work is left alone"
+    );
+}

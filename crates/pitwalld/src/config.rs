@@ -1,0 +1,231 @@
+//! `pitwalld` configuration: one TOML file (`--config`), then `PITWALL_*` environment
+//! overrides, then command-line flags. Defaults work on a fresh machine.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where state lives: `control/` (database, uploads) and `host/` (images, VMs).
+    pub data_dir: PathBuf,
+    /// Address of the REST API.
+    pub listen: String,
+    pub host: HostSection,
+    pub control: ControlSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSection {
+    /// This host's name in routing keys; default: the machine's host name, sanitised.
+    pub name: Option<String>,
+    /// Guest kernels and initramfs images, shared by every data directory.
+    pub cache_dir: PathBuf,
+    /// The static powerunit binary; default: found beside the pitwalld binary.
+    pub powerunit: Option<PathBuf>,
+    pub qemu: PathBuf,
+    /// `auto` (KVM where usable, else TCG), `kvm` or `tcg`.
+    pub accel: String,
+    /// e.g. "120s"
+    pub boot_timeout: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    /// This replica's name; default "local".
+    pub replica: String,
+    /// Grace for a clean guest shutdown before the VMM is killed, e.g. "10s".
+    pub stop_timeout: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/pitwall"),
+            listen: "127.0.0.1:7070".into(),
+            host: HostSection::default(),
+            control: ControlSection::default(),
+        }
+    }
+}
+
+impl Default for HostSection {
+    fn default() -> Self {
+        Self {
+            name: None,
+            cache_dir: PathBuf::from("/var/cache/pitwall"),
+            powerunit: None,
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            accel: "auto".into(),
+            boot_timeout: "120s".into(),
+        }
+    }
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        Self {
+            replica: "local".into(),
+            stop_timeout: "10s".into(),
+        }
+    }
+}
+
+/// Load the file (if any) and apply `PITWALL_*` overrides from `env`.
+pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Result<Config> {
+    let mut cfg = match file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("config file {} is not valid", p.display()))?
+        }
+        None => Config::default(),
+    };
+    let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+    if let Some(v) = get("PITWALL_DATA_DIR") {
+        cfg.data_dir = v.into();
+    }
+    if let Some(v) = get("PITWALL_LISTEN") {
+        cfg.listen = v;
+    }
+    if let Some(v) = get("PITWALL_HOST_NAME") {
+        cfg.host.name = Some(v);
+    }
+    if let Some(v) = get("PITWALL_CACHE_DIR") {
+        cfg.host.cache_dir = v.into();
+    }
+    if let Some(v) = get("PITWALL_POWERUNIT") {
+        cfg.host.powerunit = Some(v.into());
+    }
+    if let Some(v) = get("PITWALL_QEMU") {
+        cfg.host.qemu = v.into();
+    }
+    if let Some(v) = get("PITWALL_ACCEL") {
+        cfg.host.accel = v;
+    }
+    if let Some(v) = get("PITWALL_BOOT_TIMEOUT") {
+        cfg.host.boot_timeout = v;
+    }
+    if let Some(v) = get("PITWALL_REPLICA") {
+        cfg.control.replica = v;
+    }
+    Ok(cfg)
+}
+
+pub fn duration(what: &str, s: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(s)
+        .with_context(|| format!("{what} = {s:?} is not a duration; use e.g. 500ms, 30s, 2m"))
+}
+
+pub fn accel(s: &str) -> anyhow::Result<pitwall_vmm::Accel> {
+    Ok(match s {
+        "auto" => pitwall_vmm::Accel::Auto,
+        "kvm" => pitwall_vmm::Accel::Kvm,
+        "tcg" => pitwall_vmm::Accel::Tcg,
+        other => bail!("accel = {other:?} is not known; use auto, kvm or tcg"),
+    })
+}
+
+/// The machine's host name as a routing word: lower case, `[a-z0-9-]`, at most 63.
+pub fn default_host_name() -> String {
+    let raw = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let first = raw.split('.').next().unwrap_or("").to_ascii_lowercase();
+    let clean: String = first
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let clean = clean.trim_matches('-').to_string();
+    if clean.is_empty() {
+        return "local".into();
+    }
+    // A host name that is a reserved routing word (a machine called "vm") gets a prefix.
+    if pitwall_proto::routing::validate_host(&clean).is_ok() {
+        clean
+    } else {
+        format!("host-{clean}")
+    }
+}
+
+/// Where the static powerunit is, when the config does not say: beside the binary in an
+/// install (`<prefix>/bin/pitwalld` → `<prefix>/lib/pitwall/powerunit`), or in the cargo
+/// target directory as `scripts/setup.sh` builds it.
+pub fn default_powerunit() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidates = [
+        dir.join("../lib/pitwall/powerunit"),
+        dir.join("../x86_64-unknown-linux-gnu/release/powerunit"),
+        dir.join("../../x86_64-unknown-linux-gnu/release/powerunit"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| candidates[0].clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_without_a_file() {
+        let c = load(None, &HashMap::new()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7070");
+        assert_eq!(c.host.accel, "auto");
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("p.toml");
+        std::fs::write(&f, "listen = \"0.0.0.0:1\"\n[host]\naccel = \"tcg\"\n").unwrap();
+        let env = HashMap::from([("PITWALL_LISTEN".to_string(), "127.0.0.1:9".to_string())]);
+        let c = load(Some(&f), &env).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9");
+        assert_eq!(c.host.accel, "tcg");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("p.toml");
+        std::fs::write(&f, "lisen = \"x\"\n").unwrap();
+        let e = format!("{:#}", load(Some(&f), &HashMap::new()).unwrap_err());
+        assert!(e.contains("p.toml") && e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn default_host_name_is_a_valid_routing_word() {
+        let n = default_host_name();
+        assert!(pitwall_proto::routing::validate_host(&n).is_ok(), "{n}");
+    }
+
+    #[test]
+    fn bad_values_say_what_is_allowed() {
+        assert!(accel("fast")
+            .unwrap_err()
+            .to_string()
+            .contains("auto, kvm or tcg"));
+        assert!(duration("boot_timeout", "soon")
+            .unwrap_err()
+            .to_string()
+            .contains("30s"));
+    }
+}

@@ -1,0 +1,135 @@
+//! The Pitwall daemon's roles. `all` composes the control plane and a host in one process
+//! over the in-process bus and a SQLite store: the embedded default. The two sides meet only
+//! through the bus, exactly as they do when distributed.
+#![forbid(unsafe_code)]
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use pitwall_bus::memory::InProcessBus;
+use pitwall_bus::Bus;
+use pitwall_control::{Control, ControlConfig};
+use pitwall_host::{Host, HostConfig};
+use pitwall_store::sqlite::SqliteStore;
+use pitwall_store::Store;
+
+use crate::config::Config;
+
+/// Hold an exclusive lock on the data directory for the life of the process: two daemons
+/// on one data directory would fight over every VM.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("pitwalld.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(l),
+        Err((_, e)) => bail!(
+            "another pitwalld uses data directory {} ({e}); stop it or pick another --data-dir",
+            dir.display()
+        ),
+    }
+}
+
+pub fn host_config(cfg: &Config) -> anyhow::Result<HostConfig> {
+    let name = cfg
+        .host
+        .name
+        .clone()
+        .unwrap_or_else(config::default_host_name);
+    let powerunit = cfg
+        .host
+        .powerunit
+        .clone()
+        .unwrap_or_else(config::default_powerunit);
+    let mut h = HostConfig::new(
+        name,
+        cfg.data_dir.join("host"),
+        cfg.host.cache_dir.clone(),
+        powerunit,
+    );
+    h.qemu_binary = cfg.host.qemu.clone();
+    h.accel = config::accel(&cfg.host.accel)?;
+    h.boot_timeout = config::duration("host.boot_timeout", &cfg.host.boot_timeout)?;
+    Ok(h)
+}
+
+/// `pitwalld all`: control plane + host in this process until SIGINT/SIGTERM. VMs keep
+/// running when the daemon stops; the next start re-attaches to them.
+pub async fn run_all(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    let control_dir = cfg.data_dir.join("control");
+    std::fs::create_dir_all(&control_dir)
+        .with_context(|| format!("cannot create {}", control_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; pick another address with --listen",
+                cfg.listen
+            )
+        })?;
+    let local = listener.local_addr()?;
+
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&control_dir.join("pitwall.db"))
+            .await
+            .context("cannot open the store")?,
+    );
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+
+    let host_cfg = host_config(&cfg)?;
+    tracing::info!(
+        host = host_cfg.name,
+        "starting host (this provisions the guest kernel on first start)"
+    );
+    let host = Host::start(host_cfg, bus.clone())
+        .await
+        .context("cannot start the host")?;
+
+    let mut ccfg = ControlConfig::new(cfg.control.replica.clone(), control_dir);
+    ccfg.stop_timeout = config::duration("control.stop_timeout", &cfg.control.stop_timeout)?;
+    let control = Control::start(ccfg, store, bus)
+        .await
+        .context("cannot start the control plane")?;
+
+    tracing::info!(%local, host = host.name(), "pitwalld all is ready");
+    println!(
+        "pitwalld: API listening on http://{local} (host {})",
+        host.name()
+    );
+    axum::serve(listener, control.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("API server failed")?;
+    tracing::info!(
+        "pitwalld stopping; running VMs keep running and are re-attached on the next start"
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The process environment, for [`config::load`].
+pub fn env_map() -> HashMap<String, String> {
+    std::env::vars().collect()
+}

@@ -1,0 +1,266 @@
+//! The boot sequence and the life of PID 1 after it: reaping, the workload's exit, the
+//! host's shutdown request, and the final power-off. Any error or panic ends in
+//! [`Init::fatal`]: print it, report it to the host, power off. PID 1 never exits.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use pitwall_proto::v1::{agent_event, AgentEvent, GuestConfig, GuestStatus, WorkloadExited};
+
+use crate::agent::{self, AgentPort, Command};
+use crate::error::{Context, Result};
+use crate::{console, disks, modules, mounts, say, workload};
+
+/// How long the workload's other processes get after the workload itself exited.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
+/// How long to wait for the disks and the agent port to appear.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
+const PORT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the supervisor loop reaps and looks for commands.
+const TICK: Duration = Duration::from_millis(100);
+
+struct Init {
+    status: Arc<Mutex<GuestStatus>>,
+    agent: Option<Arc<AgentPort>>,
+    commands: Receiver<Command>,
+    commands_tx: Sender<Command>,
+    workload: Option<Pid>,
+    workload_exited: bool,
+}
+
+pub fn run() -> ! {
+    console::attach();
+    let (commands_tx, commands) = channel();
+    let mut init = Init {
+        status: Arc::new(Mutex::new(GuestStatus::default())),
+        agent: None,
+        commands,
+        commands_tx,
+        workload: None,
+        workload_exited: false,
+    };
+    match catch_unwind(AssertUnwindSafe(|| init.boot())) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => init.fatal(&e.0),
+        Err(_) => init.fatal("powerunit panicked during boot"),
+    }
+    loop {
+        // The supervisor only returns by powering off; a panic in it must not end PID 1.
+        if catch_unwind(AssertUnwindSafe(|| init.supervise())).is_err() {
+            init.fatal("powerunit panicked while supervising");
+        }
+    }
+}
+
+impl Init {
+    fn set_status(&self, f: impl FnOnce(&mut GuestStatus)) -> GuestStatus {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+        s.clone()
+    }
+
+    fn push_status(&self, status: &GuestStatus) {
+        if let Some(agent) = &self.agent {
+            let _ = agent.send_status(status);
+        }
+    }
+
+    fn boot(&mut self) -> Result<()> {
+        say!("mounting /dev /proc /sys");
+        mounts::early()?;
+        console::attach();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        self.set_status(|s| s.kernel = kernel.trim().to_string());
+
+        let (loaded, failures) = modules::load_all(Path::new("/lib/modules"));
+        say!("loaded {loaded} kernel modules");
+        for f in &failures {
+            say!("module {f}");
+        }
+
+        self.open_agent();
+
+        let found = disks::discover(Path::new("/sys/block"), Path::new("/dev"), DEVICE_TIMEOUT)?;
+        let cfg = found.config;
+        say!(
+            "vm {}: config {}, base {}, data {}",
+            cfg.vm_id,
+            found.config_dev.display(),
+            found.base_dev.display(),
+            found.data_dev.display()
+        );
+        mounts::assemble_root(&found.base_dev, &found.data_dev)?;
+        mounts::switch_root()?;
+        mounts::late()?;
+        let hostname = hostname(&cfg);
+        nix::unistd::sethostname(&hostname).context(|| format!("set hostname {hostname:?}"))?;
+        let _ = std::fs::write("/etc/hostname", format!("{hostname}\n"));
+        say!("root switched, hostname {hostname}");
+
+        self.start_workload(&cfg, &hostname)?;
+        let status = self.set_status(|s| s.ready = true);
+        self.push_status(&status);
+        say!("ready");
+        Ok(())
+    }
+
+    fn open_agent(&mut self) {
+        let sys = Path::new("/sys/class/virtio-ports");
+        let Some(path) = agent::find_port(sys, Path::new("/dev"), agent::PORT_NAME, PORT_TIMEOUT)
+        else {
+            say!(
+                "no virtio port named {}: running without the host agent",
+                agent::PORT_NAME
+            );
+            return;
+        };
+        match AgentPort::open(&path) {
+            Ok(port) => {
+                let port = Arc::new(port);
+                let (status, tx) = (self.status.clone(), self.commands_tx.clone());
+                let serving = port.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("agent".into())
+                    .spawn(move || serving.serve(status, tx));
+                match spawned {
+                    Ok(_) => {
+                        say!("agent on {}", path.display());
+                        self.agent = Some(port);
+                    }
+                    Err(e) => say!("agent thread: {e}"),
+                }
+            }
+            Err(e) => say!("agent port {}: {e}", path.display()),
+        }
+    }
+
+    fn start_workload(&mut self, cfg: &GuestConfig, hostname: &str) -> Result<()> {
+        let spec = workload::resolve(cfg, Path::new("/"), hostname)?;
+        let console = console::open().context(|| "open /dev/console".to_string())?;
+        let pid = workload::spawn(&spec, &console)?;
+        say!("started {} (pid {pid})", spec.program.display());
+        self.workload = Some(Pid::from_raw(pid));
+        Ok(())
+    }
+
+    /// Reap children and serve commands until the workload ends or the host asks for a
+    /// shutdown; then shut down (which never returns).
+    fn supervise(&mut self) {
+        loop {
+            match self.commands.recv_timeout(TICK) {
+                Ok(Command::Shutdown { grace }) => {
+                    say!(
+                        "shutdown requested by the host (grace {} ms)",
+                        grace.as_millis()
+                    );
+                    self.shutdown(grace);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+            self.reap();
+            if self.workload.is_none() && self.workload_exited {
+                self.shutdown(EXIT_GRACE);
+            }
+        }
+    }
+
+    /// Reap every exited child without blocking. Returns false once there are no children.
+    fn reap(&mut self) -> bool {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => return true,
+                Ok(WaitStatus::Exited(pid, code)) => self.reaped(pid, code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => self.reaped(pid, 128 + sig as i32),
+                Ok(_) => {}
+                Err(Errno::EINTR) => {}
+                Err(_) => return false, // ECHILD: nothing left to reap
+            }
+        }
+    }
+
+    fn reaped(&mut self, pid: Pid, code: i32) {
+        if self.workload != Some(pid) {
+            return;
+        }
+        self.workload = None;
+        say!("workload exited with code {code}");
+        if let Some(agent) = &self.agent {
+            let event = AgentEvent {
+                event: Some(agent_event::Event::Exited(WorkloadExited { code })),
+            };
+            let _ = agent.send(&event, Duration::from_secs(2));
+        }
+        self.workload_exited = true;
+    }
+
+    /// SIGTERM everything, wait up to `grace`, SIGKILL what is left, power off.
+    fn shutdown(&mut self, grace: Duration) -> ! {
+        say!("stopping all processes");
+        let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+        if !self.wait_children(grace) {
+            say!(
+                "processes left after {} ms: killing them",
+                grace.as_millis()
+            );
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            self.wait_children(Duration::from_secs(2));
+        }
+        power_off()
+    }
+
+    /// Reap until no child is left (true) or `timeout` passed (false).
+    fn wait_children(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.reap() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Print the error, report it through the agent, and power off.
+    fn fatal(&mut self, why: &str) -> ! {
+        say!("fatal: {why}");
+        let status = self.set_status(|s| {
+            s.ready = false;
+            s.error = why.to_string();
+        });
+        self.push_status(&status);
+        // Give the host a moment to read the report before the VMM goes away.
+        std::thread::sleep(Duration::from_secs(1));
+        self.shutdown(Duration::ZERO)
+    }
+}
+
+fn hostname(cfg: &GuestConfig) -> String {
+    [&cfg.hostname, &cfg.vm_id]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "pitwall".to_string())
+}
+
+/// Flush, make the filesystems read-only where possible, and power the machine off.
+fn power_off() -> ! {
+    nix::unistd::sync();
+    mounts::remount_read_only();
+    nix::unistd::sync();
+    say!("powering off");
+    let e = reboot(RebootMode::RB_POWER_OFF);
+    say!("power off failed: {e:?}; halting");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

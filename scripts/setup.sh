@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Pitwall set-up, idempotent: Debian packages, build, guest kernel.
+# Both README commands (scripts/demo.sh, scripts/test.sh) call it first.
+#
+# Environment: PITWALL_CACHE_DIR (guest kernel cache, default /var/cache/pitwall).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(qemu-system-x86 e2fsprogs busybox-static kmod tar ca-certificates)
+CACHE_DIR="${PITWALL_CACHE_DIR:-/var/cache/pitwall}"
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    # One retry: a mirror hiccup or a stale list should not fail a fresh machine.
+    local attempt
+    for attempt in 1 2; do
+        if as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@"; then
+            return 0
+        fi
+        log "apt-get failed (attempt $attempt); retrying in 10 s"
+        sleep 10
+    done
+    log "could not install: $*"
+    return 1
+}
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt_install "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found: install a Rust toolchain (rustup) first"
+    exit 1
+fi
+
+log "building Pitwall (debug profile)"
+cargo build --workspace --bins --quiet
+
+log "building powerunit as a static binary"
+RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --quiet --release -p powerunit --target x86_64-unknown-linux-gnu
+
+log "provisioning the guest kernel into $CACHE_DIR"
+as_root mkdir -p "$CACHE_DIR"
+target/debug/pitwalld kernel provision --cache-dir "$CACHE_DIR"
+log "done"
