@@ -1,5 +1,6 @@
 //! Boot benchmark: in one run, bare QEMU booting the kernel, initramfs and root image that
-//! Pitwall uses, to the guest's first workload line on the console, against
+//! Pitwall uses, to powerunit's `powerunit: ready` line on the console (the moment it also
+//! tells the host over the agent channel), against
 //! `POST /v1/vms` → `RUNNING` through a real `pitwalld all`. Prints medians and the ratio as
 //! JSON on stdout.
 //!
@@ -18,6 +19,8 @@ use pitwall_testkit::Daemon;
 use pitwall_vmm::{Disk, VmConfig};
 
 const LINE: &str = "bench-guest-up";
+/// What powerunit prints on the console when it reports readiness.
+const READY: &str = "powerunit: ready";
 const IMAGE: &str = "bench/hello:1";
 
 fn median(v: &mut [f64]) -> f64 {
@@ -35,13 +38,13 @@ async fn wait_for_line(console: &Path, deadline: Duration) -> anyhow::Result<()>
     loop {
         if std::fs::read_to_string(console)
             .unwrap_or_default()
-            .contains(LINE)
+            .contains(READY)
         {
             return Ok(());
         }
         if start.elapsed() > deadline {
             bail!(
-                "bare QEMU guest did not print {LINE:?} within {deadline:?} ({})",
+                "bare QEMU guest did not print {READY:?} within {deadline:?} ({})",
                 console.display()
             );
         }
@@ -183,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
         "benchmark": "boot",
         "iterations": n,
         "accel": accel,
-        "bare_qemu_to_workload_s": { "median": mb, "samples": bare },
+        "bare_qemu_to_ready_s": { "median": mb, "samples": bare },
         "pitwall_post_to_running_s": { "median": ma, "samples": api },
         "ratio_pitwall_over_bare": ma / mb,
         "overhead_s": ma - mb,

@@ -54,5 +54,9 @@ RUSTFLAGS="-C target-feature=+crt-static" \
 
 log "provisioning the guest kernel into $CACHE_DIR"
 as_root mkdir -p "$CACHE_DIR"
+# The kernel is fetched with apt-get download, which needs package lists.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+    as_root apt-get update -qq || { sleep 10; as_root apt-get update -qq; }
+fi
 target/debug/pitwalld kernel provision --cache-dir "$CACHE_DIR"
 log "done"

@@ -206,3 +206,40 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use crate::testing::Harness;
+
+    #[tokio::test]
+    async fn an_unknown_route_is_a_404_json_error() {
+        let h = Harness::start().await;
+        let r = h.get("/v1/nothing-here").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert!(
+            r.content_type.starts_with("application/json"),
+            "{}",
+            r.content_type
+        );
+        let e = r.error();
+        assert_eq!(e.code, "not_found");
+        assert!(e.message.contains("/v1/nothing-here"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_is_a_405_json_error() {
+        let h = Harness::start().await;
+        let r = h.delete("/v1/vms").await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(
+            r.content_type.starts_with("application/json"),
+            "{}",
+            r.content_type
+        );
+        let e = r.error();
+        assert_eq!(e.code, "method_not_allowed");
+        assert!(e.message.contains("DELETE"), "{}", e.message);
+    }
+}

@@ -75,6 +75,15 @@ impl Hosts {
         self.get(name).is_some_and(|h| h.is_live(Instant::now()))
     }
 
+    /// Make `name`'s last heartbeat older than its lease, as if it went silent.
+    #[cfg(test)]
+    pub(crate) fn expire(&self, name: &str) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = map.get_mut(name) {
+            h.last_seen -= h.lease + Duration::from_secs(1);
+        }
+    }
+
     /// Pick a host for a VM needing `memory_mib`: among live hosts with enough total memory,
     /// the one with the most memory per VM already placed. Returns why not, when none fits.
     pub(crate) fn place(&self, memory_mib: u32, vcpus: u32) -> Result<String, String> {

@@ -22,6 +22,8 @@ mod hosts;
 mod messaging;
 mod openapi;
 mod reconcile;
+#[cfg(test)]
+mod testing;
 
 pub use hosts::HostInfo;
 
@@ -43,6 +45,9 @@ pub struct ControlConfig {
     /// A VM whose state did not change for this long while it differs from its desired
     /// state gets its command sent again.
     pub stuck_after: Duration,
+    /// After this replica starts, hosts get this long to be heard from before their VMs are
+    /// marked LOST (hosts are known from heartbeats only, so at start none is live).
+    pub startup_grace: Duration,
     /// Largest image archive accepted for upload.
     pub max_upload_bytes: u64,
 }
@@ -57,6 +62,7 @@ impl ControlConfig {
             stop_timeout: Duration::from_secs(10),
             reconcile_interval: Duration::from_secs(5),
             stuck_after: Duration::from_secs(60),
+            startup_grace: Duration::from_secs(30),
             max_upload_bytes: 16 << 30,
         }
     }

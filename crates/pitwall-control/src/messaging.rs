@@ -115,12 +115,22 @@ impl Control {
             return Ok(());
         };
         let reason = (!s.reason.is_empty()).then_some(s.reason.as_str());
-        match self
+        let outcome = match self
             .inner
             .store
             .record_status(id, state, s.generation, reason)
-            .await?
+            .await
         {
+            Ok(outcome) => outcome,
+            // Not a store failure: retrying cannot help, and a redelivered report would block
+            // the queue behind it.
+            Err(pitwall_store::StoreError::NoSuchVm(_)) => {
+                warn!(vm_id = s.vm_id, host = s.host, state = %state, "status of a VM this control plane does not know ignored");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match outcome {
             StatusOutcome::Applied(vm) => {
                 info!(vm = %vm.spec.name, vm_id = %vm.id, state = %state, generation = s.generation, "VM state");
                 self.publish_events_after(vm.id).await;
@@ -307,5 +317,123 @@ impl Control {
                 },
             )),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pitwall_core::VmState;
+    use pitwall_proto::v1::vm_command::Command;
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    use crate::testing::Harness;
+
+    #[tokio::test]
+    async fn reported_states_are_recorded() {
+        let mut h = Harness::start().await;
+        let vm = h.create_vm("a").await;
+        for state in [VmState::Creating, VmState::Starting, VmState::Running] {
+            h.host.report(&vm, state, 1, None).await;
+        }
+        h.settle().await;
+        let vm = h.vm("a").await;
+        assert_eq!(vm.state, "RUNNING");
+        assert_eq!(vm.desired_state, "RUNNING");
+    }
+
+    #[tokio::test]
+    async fn a_report_of_an_illegal_transition_is_ignored() {
+        let mut h = Harness::start().await;
+        let vm = h.run_vm("a").await;
+        let mut events = h.control.subscribe();
+        h.host.report(&vm, VmState::Creating, 1, None).await;
+        h.settle().await;
+        assert_eq!(h.vm("a").await.state, "RUNNING");
+        assert_eq!(events.try_recv().unwrap_err(), TryRecvError::Empty);
+    }
+
+    #[tokio::test]
+    async fn a_report_of_an_older_generation_is_ignored() {
+        let mut h = Harness::start().await;
+        let vm = h.run_vm("a").await;
+        assert_eq!(
+            h.post("/v1/vms/a/stop")
+                .await
+                .json::<pitwall_api::Vm>()
+                .generation,
+            2
+        );
+        h.host.next_vm_command().await;
+        h.host.report(&vm, VmState::Stopping, 2, None).await;
+        h.settle().await;
+        let mut events = h.control.subscribe();
+        // A late report answering generation 1 (a legal STOPPING → STOPPED all the same).
+        h.host.report(&vm, VmState::Stopped, 1, None).await;
+        h.settle().await;
+        assert_eq!(h.vm("a").await.state, "STOPPING");
+        assert_eq!(events.try_recv().unwrap_err(), TryRecvError::Empty);
+    }
+
+    #[tokio::test]
+    async fn a_vm_that_stops_by_itself_while_wanted_running_is_wanted_stopped() {
+        let mut h = Harness::start().await;
+        let vm = h.run_vm("a").await;
+        h.host
+            .report(
+                &vm,
+                VmState::Stopped,
+                1,
+                Some("workload exited with code 0"),
+            )
+            .await;
+        h.settle().await;
+        let now = h.vm("a").await;
+        assert_eq!(now.state, "STOPPED");
+        assert_eq!(now.reason.as_deref(), Some("workload exited with code 0"));
+        assert_eq!(now.desired_state, "STOPPED");
+        assert_eq!(now.generation, 2);
+        let (verb, cmd) = h.host.next_vm_command().await;
+        assert_eq!(verb, "stop");
+        assert_eq!((cmd.vm_id.as_str(), cmd.generation), (vm.id.as_str(), 2));
+        assert!(matches!(cmd.command, Some(Command::Stop(_))));
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_carrying_vm_states_heals_a_lost_status() {
+        let mut h = Harness::start().await;
+        let vm = h.create_vm("a").await;
+        h.host.report(&vm, VmState::Creating, 1, None).await;
+        h.host.report(&vm, VmState::Starting, 1, None).await;
+        h.settle().await;
+        // The RUNNING status is lost; the next heartbeat lists the VM as RUNNING.
+        let running = h.host.status(&vm, VmState::Running, 1, None);
+        h.host.heartbeat(vec![running]).await;
+        h.settle().await;
+        assert_eq!(h.vm("a").await.state, "RUNNING");
+    }
+
+    #[tokio::test]
+    async fn a_status_of_an_unknown_vm_is_dropped_without_blocking_later_ones() {
+        let mut h = Harness::start().await;
+        let vm = h.create_vm("a").await;
+        let mut stranger = h.host.status(&vm, VmState::Creating, 1, None);
+        stranger.vm_id = uuid::Uuid::now_v7().to_string();
+        stranger.name = "stranger".into();
+        h.host.publish_status(stranger).await;
+        h.host.report(&vm, VmState::Creating, 1, None).await;
+        h.settle().await;
+        assert_eq!(h.vm("a").await.state, "CREATING");
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_listing_an_unknown_vm_still_updates_the_known_ones() {
+        let mut h = Harness::start().await;
+        let vm = h.create_vm("a").await;
+        let mut stranger = h.host.status(&vm, VmState::Running, 1, None);
+        stranger.vm_id = uuid::Uuid::now_v7().to_string();
+        let creating = h.host.status(&vm, VmState::Creating, 1, None);
+        h.host.heartbeat(vec![stranger, creating]).await;
+        h.settle().await;
+        assert_eq!(h.vm("a").await.state, "CREATING");
     }
 }

@@ -18,8 +18,8 @@ use tracing::{info, warn};
 use crate::record::{VmRecord, Wish};
 use crate::Host;
 
-/// Grace a guest gets to shut down when the host deletes it without a stop first.
-const DELETE_GRACE: Duration = Duration::from_secs(10);
+/// Grace a guest gets to shut down when the stop or delete command gave none.
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// The host's handle on a VM actor.
 pub(crate) struct Handle {
@@ -27,6 +27,9 @@ pub(crate) struct Handle {
     /// Last reported (state, generation, reason), for heartbeats.
     pub status: Arc<Mutex<(VmState, u64, Option<String>)>>,
     pub dir: PathBuf,
+    /// Held by every writer of `vm.json` (the actor and `apply_wish`) for its
+    /// read-modify-write, so neither overwrites the other's newer data.
+    pub save_lock: Arc<Mutex<()>>,
 }
 
 struct Actor {
@@ -36,6 +39,7 @@ struct Actor {
     wish_rx: watch::Receiver<Wish>,
     inst: Option<Box<dyn VmInstance>>,
     status: Arc<Mutex<(VmState, u64, Option<String>)>>,
+    save_lock: Arc<Mutex<()>>,
     /// Generation of the last status published.
     reported: u64,
 }
@@ -50,6 +54,7 @@ impl Host {
             rec.reason.clone(),
         )));
         let id = rec.id;
+        let save_lock = Arc::new(Mutex::new(()));
         let actor = Actor {
             host: self.clone(),
             dir: dir.clone(),
@@ -58,6 +63,7 @@ impl Host {
             wish_rx: rx,
             inst: None,
             status: status.clone(),
+            save_lock: save_lock.clone(),
         };
         self.inner
             .vms
@@ -69,6 +75,7 @@ impl Host {
                     wish: tx,
                     status,
                     dir,
+                    save_lock,
                 },
             );
         tokio::spawn(actor.run());
@@ -82,6 +89,14 @@ impl Host {
 impl Actor {
     fn name(&self) -> &str {
         &self.rec.wish.spec.name
+    }
+
+    /// How long the guest gets to shut down cleanly under the current wish.
+    fn grace(&self) -> Duration {
+        match self.rec.wish.grace_ms {
+            0 => DEFAULT_GRACE,
+            ms => Duration::from_millis(u64::from(ms)),
+        }
     }
 
     async fn run(mut self) {
@@ -122,6 +137,12 @@ impl Actor {
                 // Nothing to change: say so at the new generation.
                 self.report(self.rec.state, self.rec.reason.clone()).await;
             }
+            if self.wish_rx.borrow().generation != self.rec.wish.generation {
+                // A newer wish came while converging (a stop during the boot): the boot's
+                // wait already took its change notification, so `changed()` below would not
+                // fire for it. Act on it now.
+                continue;
+            }
             // Wait for a new wish, or for the VMM to end by itself.
             let exited = match &self.inst {
                 Some(inst) => tokio::select! {
@@ -144,12 +165,24 @@ impl Actor {
         }
     }
 
+    /// Persist the record with the newest wish the actor has been handed (which may be newer
+    /// than the one it is working on: a crash must not lose an acknowledged command).
+    fn save(&self) -> Result<(), crate::HostError> {
+        let _guard = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rec = self.rec.clone();
+        let latest = self.wish_rx.borrow().clone();
+        if latest.generation > rec.wish.generation {
+            rec.wish = latest;
+        }
+        rec.save(&self.dir)
+    }
+
     /// Persist and publish a state.
     async fn report(&mut self, state: VmState, reason: Option<String>) {
         let generation = self.rec.wish.generation;
         self.rec.state = state;
         self.rec.reason = reason.clone();
-        if let Err(e) = self.rec.save(&self.dir) {
+        if let Err(e) = self.save() {
             warn!(vm = self.name(), error = %e, "cannot persist VM record");
         }
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -334,7 +367,7 @@ impl Actor {
 
     async fn converge_stopped(&mut self) {
         if self.inst.is_some() {
-            return self.stop_vmm(DELETE_GRACE).await;
+            return self.stop_vmm(self.grace()).await;
         }
         if matches!(self.rec.state, VmState::Pending | VmState::Creating) {
             // Created but not to be started: build it, leave it STOPPED.
@@ -347,7 +380,7 @@ impl Actor {
     }
 
     async fn delete(&mut self) {
-        self.stop_vmm(DELETE_GRACE).await;
+        self.stop_vmm(self.grace()).await;
         if self.rec.state.may_have_vmm() {
             // STARTING without a VMM (a failed launch) still has to pass STOPPED.
             self.report(VmState::Stopped, None).await;
@@ -355,7 +388,11 @@ impl Actor {
         if self.rec.state != VmState::Deleting {
             self.report(VmState::Deleting, None).await;
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+        let removed = {
+            let _guard = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+            std::fs::remove_dir_all(&self.dir)
+        };
+        if let Err(e) = removed {
             if e.kind() != std::io::ErrorKind::NotFound {
                 let why = format!("cannot remove {}: {e}", self.dir.display());
                 warn!(vm = self.name(), reason = why, "delete failed");

@@ -63,6 +63,28 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Keep every console capture bounded (see [`crate::console`]).
+    async fn trim_consoles(&self) {
+        let logs: Vec<std::path::PathBuf> = {
+            let vms = self.inner.vms.lock().unwrap_or_else(|p| p.into_inner());
+            vms.values()
+                .map(|h| Host::run_dir(&h.dir).join(pitwall_vmm::qemu::CONSOLE_LOG))
+                .collect()
+        };
+        let _ = tokio::task::spawn_blocking(move || {
+            for log in logs {
+                match crate::console::trim(&log, crate::console::MAX_BYTES, crate::console::KEEP_BYTES) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(log = %log.display(), removed = n, "console capture trimmed"),
+                    Err(e) => warn!(log = %log.display(), error = %e, "cannot trim console capture"),
+                }
+            }
+        })
+        .await;
+    }
+}
+
 pub(crate) fn spawn_heartbeat(host: Host) {
     tokio::spawn(async move {
         let Ok(key) = routing::heartbeat_key(&host.inner.cfg.name) else {
@@ -76,6 +98,7 @@ pub(crate) fn spawn_heartbeat(host: Host) {
             if let Err(e) = host.inner.bus.publish(&key, encode_envelope(&env)).await {
                 warn!(error = %e, "heartbeat not sent");
             }
+            host.trim_consoles().await;
         }
     });
 }

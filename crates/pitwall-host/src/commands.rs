@@ -71,7 +71,7 @@ impl Host {
             warn!(vm_id = cmd.vm_id, "command with an invalid VM id ignored");
             return Ok(());
         };
-        let (desired, spec) = match cmd.command {
+        let (desired, spec, grace_ms) = match cmd.command {
             Some(vm_command::Command::Create(c)) => (
                 if c.start {
                     DesiredState::Running
@@ -79,18 +79,25 @@ impl Host {
                     DesiredState::Stopped
                 },
                 c.spec,
+                0,
             ),
-            Some(vm_command::Command::Start(s)) => (DesiredState::Running, s.spec),
-            Some(vm_command::Command::Stop(_)) => (DesiredState::Stopped, None),
-            Some(vm_command::Command::Delete(_)) => (DesiredState::Deleted, None),
+            Some(vm_command::Command::Start(s)) => (DesiredState::Running, s.spec, 0),
+            Some(vm_command::Command::Stop(s)) => (DesiredState::Stopped, None, s.timeout_ms),
+            Some(vm_command::Command::Delete(d)) => (DesiredState::Deleted, None, d.timeout_ms),
             Some(vm_command::Command::ReadConsole(r)) => {
                 self.answer_console(env, id, r.max_bytes).await;
                 return Ok(());
             }
             None => return Ok(()),
         };
-        self.apply_wish(id, desired, cmd.generation, spec.as_ref().map(Spec::from))
-            .await
+        self.apply_wish(
+            id,
+            desired,
+            cmd.generation,
+            spec.as_ref().map(Spec::from),
+            grace_ms,
+        )
+        .await
     }
 
     /// Hand a wish to the VM's actor (starting one for a VM new to this host). Older or
@@ -101,14 +108,15 @@ impl Host {
         desired: DesiredState,
         generation: u64,
         spec: Option<Spec>,
+        grace_ms: u32,
     ) -> Result<(), HostError> {
         let existing = {
             let vms = self.inner.vms.lock().unwrap_or_else(|p| p.into_inner());
             vms.get(&id)
-                .map(|h| (h.wish.borrow().clone(), h.dir.clone()))
+                .map(|h| (h.wish.borrow().clone(), h.dir.clone(), h.save_lock.clone()))
         };
         match existing {
-            Some((current, dir)) => {
+            Some((current, dir, save_lock)) => {
                 if generation <= current.generation {
                     debug!(vm_id = %id, generation, held = current.generation, "old or repeated command ignored");
                     return Ok(());
@@ -117,12 +125,16 @@ impl Host {
                     desired,
                     generation,
                     spec: spec.unwrap_or(current.spec),
+                    grace_ms,
                 };
-                // Persist before acknowledging: the actor saves its record too, but the wish
-                // must survive a crash that happens before the actor runs.
+                // Persist before acknowledging, and hand the wish to the actor under the same
+                // lock the actor saves under: the file never goes back to an older wish.
+                let _guard = save_lock.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(mut rec) = VmRecord::load(&dir)? {
-                    rec.wish = wish.clone();
-                    rec.save(&dir)?;
+                    if rec.wish.generation < wish.generation {
+                        rec.wish = wish.clone();
+                        rec.save(&dir)?;
+                    }
                 }
                 let vms = self.inner.vms.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(h) = vms.get(&id) {
@@ -160,6 +172,7 @@ impl Host {
                         desired,
                         generation,
                         spec,
+                        grace_ms,
                     },
                     state: VmState::Pending,
                     reason: None,

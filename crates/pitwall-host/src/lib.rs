@@ -23,7 +23,12 @@ use pitwall_vmm::{Accel, Vmm};
 mod actor;
 mod capacity;
 mod commands;
+mod console;
 mod record;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
 
 pub use record::{VmRecord, Wish};
 
@@ -147,17 +152,36 @@ impl Host {
             .await
             .map_err(|e| HostError::Config(format!("kernel preparation panicked: {e}")))??
         };
+        let vmm: Arc<dyn Vmm> = Arc::new(pitwall_vmm::qemu::QemuVmm {
+            binary: cfg.qemu_binary.clone(),
+            accel: cfg.accel,
+        });
+        Host::start_with(cfg, bus, vmm, kernel, initrd).await
+    }
+
+    /// Start a host on a given VMM driver and an already prepared guest kernel and
+    /// initramfs: open the image cache, re-attach to surviving VMs, consume the command
+    /// queue, send heartbeats. [`Host::start`] prepares the kernel and picks QEMU, then calls
+    /// this; tests call it with an in-memory VMM and no kernel at all.
+    pub async fn start_with(
+        cfg: HostConfig,
+        bus: Arc<dyn Bus>,
+        vmm: Arc<dyn Vmm>,
+        kernel: PathBuf,
+        initrd: PathBuf,
+    ) -> Result<Host, HostError> {
+        pitwall_proto::routing::validate_host(&cfg.name)
+            .map_err(|e| HostError::Config(format!("host name: {e}")))?;
+        for d in [cfg.data_dir.join("vms"), cfg.data_dir.join("images")] {
+            std::fs::create_dir_all(&d).map_err(io_err("cannot create directory", &d))?;
+        }
         let images = {
             let root = cfg.data_dir.join("images");
             tokio::task::spawn_blocking(move || ImageCache::open(&root))
                 .await
                 .map_err(|e| HostError::Config(format!("image cache open panicked: {e}")))??
         };
-        let vmm: Arc<dyn Vmm> = Arc::new(pitwall_vmm::qemu::QemuVmm {
-            binary: cfg.qemu_binary.clone(),
-            accel: cfg.accel,
-        });
-        tracing::info!(host = cfg.name, kernel = %kernel.display(), initrd = %initrd.display(), "host ready to run VMs");
+        tracing::info!(host = cfg.name, vmm = vmm.kind(), kernel = %kernel.display(), initrd = %initrd.display(), "host ready to run VMs");
         let host = Host {
             inner: Arc::new(Inner {
                 sender: format!("host/{}", cfg.name),

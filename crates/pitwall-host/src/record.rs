@@ -40,6 +40,10 @@ pub struct Wish {
     pub desired: DesiredState,
     pub generation: u64,
     pub spec: Spec,
+    /// How long the guest gets to shut down cleanly when this wish stops or deletes it,
+    /// from the command's `timeout_ms`; 0 when the command gave none (the host's default).
+    #[serde(default)]
+    pub grace_ms: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +128,7 @@ mod tests {
                     disk_mib: 64,
                     owner: "admin".into(),
                 },
+                grace_ms: 0,
             },
             state: VmState::Running,
             reason: None,

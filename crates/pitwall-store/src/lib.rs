@@ -159,7 +159,7 @@ pub trait Store: Send + Sync + 'static {
     /// Record an actual state. Applied only when `generation >= state_generation` held and
     /// the transition is legal (`VmState::can_transition_to`) or the state is unchanged with a
     /// newer generation; a report of the same state and generation is a duplicate. Reasons are
-    /// kept for FAILED and STOPPED and cleared otherwise. Appends an event when applied.
+    /// kept for FAILED, STOPPED and LOST and cleared otherwise. Appends an event when applied.
     async fn record_status(
         &self,
         id: VmId,
@@ -216,9 +216,9 @@ pub(crate) fn judge_status(
     None
 }
 
-/// Reasons are kept for FAILED and STOPPED only.
+/// Reasons are kept for FAILED, STOPPED and LOST only.
 pub(crate) fn kept_reason(state: VmState, reason: Option<&str>) -> Option<&str> {
-    matches!(state, VmState::Failed | VmState::Stopped)
+    matches!(state, VmState::Failed | VmState::Stopped | VmState::Lost)
         .then_some(reason)
         .flatten()
 }
@@ -307,10 +307,10 @@ mod tests {
     }
 
     #[test]
-    fn reason_kept_only_for_failed_and_stopped() {
+    fn reason_kept_only_for_failed_stopped_and_lost() {
         for state in VmState::ALL {
             let kept = kept_reason(state, Some("why"));
-            let expect = matches!(state, VmState::Failed | VmState::Stopped);
+            let expect = matches!(state, VmState::Failed | VmState::Stopped | VmState::Lost);
             assert_eq!(kept.is_some(), expect, "{state}");
         }
         assert_eq!(kept_reason(VmState::Failed, None), None);

@@ -211,7 +211,7 @@ impl SqliteStore {
 ///   [`StatusOutcome::Duplicate`]; the held state at a newer generation is applied; another
 ///   state is applied only when `VmState::can_transition_to` allows it, else Stale naming
 ///   both states. Applying sets state, `state_generation` (the reported one, never lower),
-///   reason (kept for FAILED and STOPPED only), `updated_at`, and appends an event. Nothing
+///   reason (kept for FAILED, STOPPED and LOST only), `updated_at`, and appends an event. Nothing
 ///   changes when refused.
 /// - `events_since` returns events with `seq > after` in `seq` order, at most `limit`; `seq`
 ///   starts at 1 and grows with every event, in commit order.

@@ -103,3 +103,95 @@ where
     tokio::spawn(f(tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{header, Request, StatusCode};
+    use http_body_util::BodyExt;
+    use pitwall_core::VmState;
+    use tower::ServiceExt;
+
+    use crate::testing::{Harness, PATIENCE};
+
+    /// Reads server-sent events from `body` until `n` complete `state` events are in `buf`;
+    /// returns them (and leaves what follows in `buf`).
+    async fn read_state_events(
+        body: &mut Body,
+        buf: &mut String,
+        n: usize,
+    ) -> Vec<pitwall_api::Event> {
+        let mut events = Vec::new();
+        loop {
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                if !block.lines().any(|l| l == "event: state") {
+                    continue;
+                }
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap_or_else(|| panic!("state event without data: {block:?}"));
+                events.push(serde_json::from_str(data).unwrap());
+                if events.len() == n {
+                    return events;
+                }
+            }
+            let frame = tokio::time::timeout(PATIENCE, body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {n} events arrived", events.len()))
+                .expect("stream open")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                buf.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn applied_states_reach_subscribers_and_the_event_stream() {
+        let mut h = Harness::start().await;
+        let mut live = h.control.subscribe();
+        let vm = h.create_vm("a").await;
+        for state in [VmState::Creating, VmState::Starting, VmState::Running] {
+            h.host.report(&vm, state, 1, None).await;
+        }
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let e = tokio::time::timeout(PATIENCE, live.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(e.vm_name, "a");
+            seen.push((e.seq, e.state.to_string()));
+        }
+        let states: Vec<&str> = seen.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(states, ["PENDING", "CREATING", "STARTING", "RUNNING"]);
+
+        // The stream replays the log, then follows live events.
+        let req = Request::get("/v1/events").body(Body::empty()).unwrap();
+        let resp = h.control.router().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers().get(header::CONTENT_TYPE).unwrap(),
+            "text/event-stream"
+        );
+        let mut body = resp.into_body();
+        let mut buf = String::new();
+        let replayed = read_state_events(&mut body, &mut buf, 4).await;
+        let streamed: Vec<(u64, String)> =
+            replayed.iter().map(|e| (e.seq, e.state.clone())).collect();
+        assert_eq!(streamed, seen);
+        assert!(replayed
+            .iter()
+            .all(|e| e.vm_id == vm.id && e.generation == 1));
+
+        h.create_vm("b").await;
+        let followed = read_state_events(&mut body, &mut buf, 1).await;
+        assert_eq!(
+            (followed[0].vm_name.as_str(), followed[0].state.as_str()),
+            ("b", "PENDING")
+        );
+        assert_eq!(followed[0].seq, seen[3].0 + 1);
+    }
+}

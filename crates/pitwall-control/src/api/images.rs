@@ -165,3 +165,121 @@ pub(crate) async fn show(
         })?;
     Ok(Json(image_json(&img)))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Method, StatusCode};
+    use pitwall_proto::v1::envelope::Payload;
+    use pitwall_proto::v1::{image_command, ImageStatus};
+
+    use crate::testing::{Harness, HOST};
+
+    const ARCHIVE: &[u8] = b"not really a tar, but the host decides that";
+
+    /// Start an import of `x/y:1` and take the host's import command; returns the call, the
+    /// request envelope and the staged archive's path.
+    async fn start_import(
+        h: &mut Harness,
+    ) -> (
+        tokio::task::JoinHandle<crate::testing::Reply>,
+        pitwall_proto::v1::Envelope,
+        std::path::PathBuf,
+    ) {
+        let call = h.spawn_call(
+            Method::POST,
+            "/v1/images?reference=x/y:1",
+            Body::from(ARCHIVE),
+        );
+        let (key, request) = h.host.next_command().await;
+        assert_eq!(key, format!("orchestrator.{HOST}.image.import"));
+        let Some(Payload::ImageCommand(cmd)) = &request.payload else {
+            panic!("not an image command: {request:?}");
+        };
+        let Some(image_command::Command::Import(import)) = &cmd.command else {
+            panic!("not an import: {cmd:?}");
+        };
+        assert_eq!(import.reference, "x/y:1");
+        let path = std::path::PathBuf::from(&import.archive_path);
+        (call, request, path)
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_staged_for_the_host_and_the_imported_image_is_listed() {
+        let mut h = Harness::start().await;
+        let (call, request, archive) = start_import(&mut h).await;
+        assert_eq!(std::fs::read(&archive).unwrap(), ARCHIVE);
+        let digest = format!("sha256:{}", "cd".repeat(32));
+        h.host
+            .reply(
+                &request,
+                Payload::ImageStatus(ImageStatus {
+                    reference: "x/y:1".into(),
+                    host: HOST.into(),
+                    ok: true,
+                    digest: digest.clone(),
+                    size_bytes: 1234,
+                    config_json: r#"{"Cmd":["/bin/hello"]}"#.into(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        let r = call.await.unwrap();
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let image: pitwall_api::Image = r.json();
+        assert_eq!(image.reference, "x/y:1");
+        assert_eq!(image.digest, digest);
+        assert_eq!(image.config["Cmd"][0], "/bin/hello");
+
+        let list: pitwall_api::ImageList = h.get("/v1/images").await.json();
+        assert!(list.images.contains(&image), "{list:?}");
+        let shown = h.get("/v1/images/x/y:1").await;
+        assert_eq!(shown.status, StatusCode::OK, "{}", shown.text());
+        assert_eq!(shown.json::<pitwall_api::Image>(), image);
+    }
+
+    #[tokio::test]
+    async fn an_image_the_host_refuses_is_invalid_image_with_its_reason() {
+        let mut h = Harness::start().await;
+        let (call, request, _) = start_import(&mut h).await;
+        h.host
+            .reply(
+                &request,
+                Payload::ImageStatus(ImageStatus {
+                    reference: "x/y:1".into(),
+                    host: HOST.into(),
+                    ok: false,
+                    error: "archive is neither an OCI layout nor a docker save tar".into(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        let r = call.await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        let e = r.error();
+        assert_eq!(e.code, "invalid_image");
+        assert_eq!(
+            e.message,
+            "archive is neither an OCI layout nor a docker save tar"
+        );
+        assert_eq!(
+            h.get("/v1/images/x/y:1").await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_upload_is_refused_before_any_host_sees_it() {
+        let h = Harness::start().await;
+        let r = h.post("/v1/images?reference=x/y:1").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        let e = r.error();
+        assert_eq!(e.code, "invalid_argument");
+        assert!(e.message.contains("empty"), "{}", e.message);
+        assert_eq!(h.host.waiting_commands().await, 0);
+        let staged = std::fs::read_dir(h.data_dir().join("uploads"))
+            .unwrap()
+            .count();
+        assert_eq!(staged, 0, "the empty upload was left staged");
+    }
+}

@@ -302,8 +302,8 @@ pub(crate) async fn console(
             out.error
         ))),
         _ => Err(ApiError::unavailable(format!(
-            "host {host} did not answer within {}s; check that its host daemon runs",
-            c.inner.cfg.reply_timeout.as_secs()
+            "host {host} did not answer within {}; check that its host daemon runs",
+            humantime::format_duration(c.inner.cfg.reply_timeout)
         ))),
     }
 }
@@ -315,3 +315,6 @@ fn text(data: Vec<u8>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests;

@@ -50,7 +50,7 @@ macro_rules! store_suite {
             older_generation_is_stale_and_changes_nothing,
             repeated_report_is_a_duplicate,
             same_state_at_newer_generation_is_applied,
-            reason_is_kept_only_for_failed_and_stopped,
+            reason_is_kept_only_for_failed_stopped_and_lost,
             status_of_unknown_vm_is_no_such_vm,
             nothing_leaves_deleted,
             events_since_is_ordered_and_limited,
@@ -373,7 +373,7 @@ pub async fn same_state_at_newer_generation_is_applied(store: Arc<dyn Store>) ->
     Ok(())
 }
 
-pub async fn reason_is_kept_only_for_failed_and_stopped(store: Arc<dyn Store>) -> TestResult {
+pub async fn reason_is_kept_only_for_failed_stopped_and_lost(store: Arc<dyn Store>) -> TestResult {
     let vm = create(&*store, "web").await?;
     let creating = applied(
         store
@@ -396,12 +396,26 @@ pub async fn reason_is_kept_only_for_failed_and_stopped(store: Arc<dyn Store>) -
             .await?,
     );
     assert_eq!(stopped.reason.as_deref(), Some("exit 0"));
+    let lost = applied(
+        store
+            .record_status(vm.id, Lost, 1, Some("host silent"))
+            .await?,
+    );
+    assert_eq!(lost.reason.as_deref(), Some("host silent"));
     let reasons: Vec<Option<String>> = all_events(&*store)
         .await?
         .into_iter()
         .map(|e| e.reason)
         .collect();
-    let expected = [None, None, Some("disk full"), None, None, Some("exit 0")];
+    let expected = [
+        None,
+        None,
+        Some("disk full"),
+        None,
+        None,
+        Some("exit 0"),
+        Some("host silent"),
+    ];
     assert_eq!(reasons, expected.map(|r| r.map(String::from)));
     Ok(())
 }
