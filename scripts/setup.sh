@@ -59,4 +59,20 @@ if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
     as_root apt-get update -qq || { sleep 10; as_root apt-get update -qq; }
 fi
 target/debug/pitwalld kernel provision --cache-dir "$CACHE_DIR"
+
+# The real OIDC provider of crates/pitwall-control/tests/oidc_provider.rs (npm oidc-provider).
+# Node.js comes from Debian when the machine has none.
+OIDC_FIXTURE=tests/fixtures/oidc
+if [ ! -d "$OIDC_FIXTURE/node_modules" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        log "installing Debian's nodejs and npm (for the OIDC test provider)"
+        apt_install nodejs npm || true
+    fi
+    if command -v npm >/dev/null 2>&1; then
+        log "installing the OIDC test provider (npm) in $OIDC_FIXTURE"
+        (cd "$OIDC_FIXTURE" && npm ci --no-audit --no-fund --loglevel=error)
+    else
+        log "npm not found: skipping $OIDC_FIXTURE (install Node.js 20+ with npm, then rerun, or the OIDC tests fail)"
+    fi
+fi
 log "done"

@@ -18,6 +18,7 @@ use pitwall_store::{EventRecord, Store};
 use tokio::sync::{broadcast, oneshot};
 
 pub mod api;
+pub mod auth;
 mod hosts;
 mod messaging;
 mod openapi;

@@ -300,16 +300,7 @@ impl Actor {
             if self.rec.state != VmState::Starting {
                 self.report(VmState::Starting, None).await;
             }
-            let timeout = self.host.inner.cfg.boot_timeout;
-            let ready = tokio::select! {
-                r = inst.wait_ready(timeout) => Some(r),
-                _ = self.wish_rx.changed() => None,
-            };
-            self.inst = Some(inst);
-            if let Some(r) = ready {
-                self.after_ready(r).await;
-            }
-            return;
+            return self.await_boot(inst).await;
         }
         if self.rec.settled_generation >= self.rec.wish.generation {
             return; // ended by itself or failed at this wish: wait for a new one
@@ -327,6 +318,12 @@ impl Actor {
             Err(e) => return self.fail(e.to_string()).await,
         };
         info!(vm = self.name(), pid = inst.pid(), "VMM started");
+        self.await_boot(inst).await;
+    }
+
+    /// Wait for the guest's readiness, unless a new wish comes first (the run loop then
+    /// deals with the VMM, which is kept either way).
+    async fn await_boot(&mut self, inst: Box<dyn VmInstance>) {
         let timeout = self.host.inner.cfg.boot_timeout;
         let ready = tokio::select! {
             r = inst.wait_ready(timeout) => Some(r),

@@ -1,5 +1,5 @@
 //! Pitwall's control-plane store: VMs (desired and actual state with generations), images
-//! known to the cluster, and the event log. The [`Store`] trait is what the control plane
+//! known to the cluster, the event log, and the local users of the built-in issuer. The [`Store`] trait is what the control plane
 //! uses; [`sqlite::SqliteStore`] is the embedded default (a file, or `:memory:` in unit
 //! tests). The schema is plain SQL that fits PostgreSQL too (no SQLite-only types), so a
 //! PostgreSQL implementation can share the migrations' shape.
@@ -26,6 +26,10 @@ pub enum StoreError {
     NameTaken(String),
     #[error("no VM {0:?}")]
     NoSuchVm(String),
+    #[error("a user named {0:?} already exists: pick another name or delete that user first")]
+    UserTaken(String),
+    #[error("no user {0:?}")]
+    NoSuchUser(String),
     #[error("no image {0:?}")]
     NoSuchImage(String),
     #[error("stored data is corrupt: {0}")]
@@ -106,6 +110,21 @@ pub struct ImageRecord {
     pub created_at: OffsetDateTime,
 }
 
+/// A local user of the built-in issuer (embedded default). External OIDC users are never
+/// stored: their issuer owns them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Login name, the primary key.
+    pub username: String,
+    /// Password hash as a PHC string (argon2id); the store never sees a plain password.
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
+    /// A disabled user cannot log in.
+    pub disabled: bool,
+    pub created_at: OffsetDateTime,
+}
+
 /// One lifecycle event, in the order the store recorded it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
@@ -180,6 +199,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Remove an image record; returns whether it existed.
     async fn delete_image(&self, reference: &str) -> Result<bool, StoreError>;
+
+    /// Insert a local user. Fails with [`StoreError::UserTaken`] when that username exists
+    /// (and changes nothing).
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+
+    async fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Every local user, by username.
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError>;
+
+    /// Replace a user's password hash. Fails with [`StoreError::NoSuchUser`] for an unknown
+    /// username.
+    async fn set_user_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Remove a user; returns whether it existed.
+    async fn delete_user(&self, username: &str) -> Result<bool, StoreError>;
 }
 
 /// The rule of [`Store::record_status`], shared by every implementation: `None` when the report

@@ -30,7 +30,8 @@ use time::format_description::BorrowedFormatItem;
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::{
-    judge_status, kept_reason, EventRecord, ImageRecord, StatusOutcome, Store, StoreError, VmRecord,
+    judge_status, kept_reason, EventRecord, ImageRecord, StatusOutcome, Store, StoreError,
+    UserRecord, VmRecord,
 };
 
 /// How long a writer waits for SQLite's write lock before giving up with "database is locked".
@@ -122,6 +123,22 @@ const LIST_IMAGES: &str = concat!(
     " FROM images ORDER BY reference"
 );
 const DELETE_IMAGE: &str = "DELETE FROM images WHERE reference = ?";
+
+macro_rules! user_columns {
+    () => {
+        "username, password_hash, roles, groups, created_at, disabled"
+    };
+}
+
+const INSERT_USER: &str = concat!(
+    "INSERT INTO users (",
+    user_columns!(),
+    ") VALUES (?, ?, ?, ?, ?, ?)"
+);
+const GET_USER: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE username = ?");
+const LIST_USERS: &str = concat!("SELECT ", user_columns!(), " FROM users ORDER BY username");
+const SET_USER_PASSWORD: &str = "UPDATE users SET password_hash = ? WHERE username = ?";
+const DELETE_USER: &str = "DELETE FROM users WHERE username = ?";
 
 /// The [`Store`] on SQLite. Cheap to clone (a handle on one connection pool).
 #[derive(Debug, Clone)]
@@ -217,6 +234,10 @@ impl SqliteStore {
 ///   starts at 1 and grows with every event, in commit order.
 /// - Images: `put_image` inserts or replaces by reference, `list_images` orders by reference,
 ///   `delete_image` says whether the image existed.
+/// - Users: `create_user` fails with [`StoreError::UserTaken`] when the username exists (the
+///   primary key decides); `list_users` orders by username; `set_user_password` fails with
+///   [`StoreError::NoSuchUser`] for an unknown user; `delete_user` says whether it existed.
+///   Roles and groups are stored as JSON arrays.
 /// - A stored value that does not decode (an unknown state, a malformed id, name, image
 ///   reference, timestamp or JSON, a negative count) is [`StoreError::Corrupt`] naming the table,
 ///   row and column.
@@ -410,6 +431,70 @@ impl Store for SqliteStore {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let roles = encode_strings("roles", &user.roles)?;
+        let groups = encode_strings("groups", &user.groups)?;
+        let inserted = sqlx::query(INSERT_USER)
+            .bind(&user.username)
+            .bind(&user.password_hash)
+            .bind(roles)
+            .bind(groups)
+            .bind(encode_time("created_at", user.created_at)?)
+            .bind(i64::from(user.disabled))
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => {
+                tracing::debug!(user = %user.username, "user created");
+                Ok(())
+            }
+            Err(e) if is_unique_violation(&e) => Err(StoreError::UserTaken(user.username.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query(GET_USER)
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_user).transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let rows = sqlx::query(LIST_USERS).fetch_all(&self.pool).await?;
+        rows.iter().map(decode_user).collect()
+    }
+
+    async fn set_user_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(SET_USER_PASSWORD)
+            .bind(password_hash)
+            .bind(username)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchUser(username.to_string()));
+        }
+        tracing::debug!(user = username, "user password changed");
+        Ok(())
+    }
+
+    async fn delete_user(&self, username: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(DELETE_USER)
+            .bind(username)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+fn encode_strings(what: &str, values: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(values).map_err(|e| unstorable(what, e))
 }
 
 async fn insert_event(
@@ -589,6 +674,36 @@ fn decode_image(row: &SqliteRow) -> Result<ImageRecord, StoreError> {
         host: c.get("host")?,
         created_at: c.time("created_at")?,
         reference,
+    })
+}
+
+fn decode_user(row: &SqliteRow) -> Result<UserRecord, StoreError> {
+    let username: String = Cells {
+        row,
+        at: "users row".into(),
+    }
+    .get("username")?;
+    let c = Cells {
+        row,
+        at: format!("users row {username}"),
+    };
+    let strings = |column: &str| -> Result<Vec<String>, StoreError> {
+        let text: String = c.get(column)?;
+        serde_json::from_str(&text)
+            .map_err(|e| c.corrupt(column, format_args!("not a JSON array of strings: {e}")))
+    };
+    let disabled: i64 = c.get("disabled")?;
+    Ok(UserRecord {
+        password_hash: c.get("password_hash")?,
+        roles: strings("roles")?,
+        groups: strings("groups")?,
+        disabled: match disabled {
+            0 => false,
+            1 => true,
+            other => return Err(c.corrupt("disabled", format_args!("{other} is not 0 or 1"))),
+        },
+        created_at: c.time("created_at")?,
+        username,
     })
 }
 

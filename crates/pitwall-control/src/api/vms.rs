@@ -58,19 +58,8 @@ pub(crate) async fn create(
     } else {
         DesiredState::Stopped
     };
-    let vm = VmRecord {
-        id: uuid::Uuid::now_v7(),
-        spec,
-        owner: "admin".into(),
-        host: Some(host),
-        desired,
-        generation: 1,
-        state: VmState::Pending,
-        state_generation: 0,
-        reason: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let mut vm = VmRecord::new(uuid::Uuid::now_v7(), spec, "admin", desired, now);
+    vm.host = Some(host);
     c.inner.store.create_vm(&vm).await?;
     tracing::info!(vm = %vm.spec.name, vm_id = %vm.id, image = %vm.spec.image, host = ?vm.host, "VM created");
     c.publish_events_after(vm.id).await;

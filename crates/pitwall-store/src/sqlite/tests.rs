@@ -172,3 +172,33 @@ fn years_before_0000_are_unstorable() {
         Err(StoreError::Database(sqlx::Error::Encode(_)))
     ));
 }
+
+#[tokio::test]
+async fn malformed_user_roles_are_corrupt_naming_row_and_column() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    sqlx::query(
+        "INSERT INTO users VALUES ('bob', '$argon2id$x', '{\"admin\": true}', '[]', \
+         '2024-01-01T00:00:00.000000000Z', 0)",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    let err = store.get_user("bob").await.unwrap_err();
+    let StoreError::Corrupt(what) = err else {
+        panic!("expected Corrupt, got {err:?}")
+    };
+    assert!(what.contains("users row bob, column roles"), "{what}");
+}
+
+#[tokio::test]
+async fn user_disabled_flag_other_than_0_or_1_is_refused_by_the_schema() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let err = sqlx::query(
+        "INSERT INTO users VALUES ('bob', '$argon2id$x', '[]', '[]', \
+         '2024-01-01T00:00:00.000000000Z', 2)",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("CHECK"), "{err}");
+}

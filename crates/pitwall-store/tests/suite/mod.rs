@@ -17,7 +17,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use pitwall_core::{DesiredState, ImageRef, VmId, VmName, VmSpec, VmState};
-use pitwall_store::{EventRecord, ImageRecord, StatusOutcome, Store, StoreError, VmRecord};
+use pitwall_store::{
+    EventRecord, ImageRecord, StatusOutcome, Store, StoreError, UserRecord, VmRecord,
+};
 use time::OffsetDateTime;
 
 pub type TestResult = Result<(), StoreError>;
@@ -60,6 +62,11 @@ macro_rules! store_suite {
             concurrent_lifecycles_keep_every_event_in_order,
             images_put_get_list_delete,
             put_image_replaces_by_reference,
+            users_create_get_list,
+            duplicate_username_is_refused_and_store_unchanged,
+            set_user_password_replaces_only_the_hash,
+            set_password_of_unknown_user_is_no_such_user,
+            delete_user_removes_it_and_says_whether_it_existed,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -135,6 +142,17 @@ fn stale(outcome: StatusOutcome) -> String {
     match outcome {
         StatusOutcome::Stale(why) => why,
         other => panic!("expected Stale, got {other:?}"),
+    }
+}
+
+pub fn user(username: &str) -> UserRecord {
+    UserRecord {
+        username: username.to_string(),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$hash-of-{username}"),
+        roles: vec!["pitwall-user".to_string(), "ops".to_string()],
+        groups: vec!["/team-a".to_string()],
+        disabled: false,
+        created_at: OffsetDateTime::now_utc(),
     }
 }
 
@@ -613,5 +631,82 @@ pub async fn put_image_replaces_by_reference(store: Arc<dyn Store>) -> TestResul
     newer.config = serde_json::json!({"Cmd": ["sh"]});
     store.put_image(&newer).await?;
     assert_eq!(store.list_images().await?, vec![newer]);
+    Ok(())
+}
+
+// ---- users ---------------------------------------------------------------------------------
+
+pub async fn users_create_get_list(store: Arc<dyn Store>) -> TestResult {
+    let bob = user("bob");
+    let mut alice = user("alice");
+    alice.roles = vec![];
+    alice.groups = vec![];
+    alice.disabled = true;
+    store.create_user(&bob).await?;
+    store.create_user(&alice).await?;
+    assert_eq!(store.get_user("bob").await?, Some(bob.clone()));
+    assert_eq!(store.get_user("alice").await?, Some(alice.clone()));
+    assert_eq!(store.get_user("carol").await?, None);
+    assert_eq!(store.list_users().await?, vec![alice, bob]);
+    Ok(())
+}
+
+pub async fn duplicate_username_is_refused_and_store_unchanged(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let first = user("bob");
+    store.create_user(&first).await?;
+    let mut second = user("bob");
+    second.password_hash = "other".into();
+    second.roles = vec!["pitwall-admin".into()];
+    match store.create_user(&second).await {
+        Err(StoreError::UserTaken(name)) => assert_eq!(name, "bob"),
+        other => panic!("expected UserTaken, got {other:?}"),
+    }
+    assert_eq!(store.list_users().await?, vec![first]);
+    Ok(())
+}
+
+pub async fn set_user_password_replaces_only_the_hash(store: Arc<dyn Store>) -> TestResult {
+    let bob = user("bob");
+    let carol = user("carol");
+    store.create_user(&bob).await?;
+    store.create_user(&carol).await?;
+    store.set_user_password("bob", "$argon2id$new").await?;
+    let changed = store.get_user("bob").await?.expect("bob exists");
+    assert_eq!(
+        changed,
+        UserRecord {
+            password_hash: "$argon2id$new".into(),
+            ..bob
+        }
+    );
+    assert_eq!(store.get_user("carol").await?, Some(carol));
+    Ok(())
+}
+
+pub async fn set_password_of_unknown_user_is_no_such_user(store: Arc<dyn Store>) -> TestResult {
+    match store.set_user_password("nobody", "$argon2id$new").await {
+        Err(StoreError::NoSuchUser(name)) => assert_eq!(name, "nobody"),
+        other => panic!("expected NoSuchUser, got {other:?}"),
+    }
+    assert_eq!(store.list_users().await?, vec![]);
+    Ok(())
+}
+
+pub async fn delete_user_removes_it_and_says_whether_it_existed(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let bob = user("bob");
+    let carol = user("carol");
+    store.create_user(&bob).await?;
+    store.create_user(&carol).await?;
+    assert!(store.delete_user("bob").await?);
+    assert!(!store.delete_user("bob").await?);
+    assert_eq!(store.get_user("bob").await?, None);
+    assert_eq!(store.list_users().await?, vec![carol]);
+    // the name is free again
+    store.create_user(&bob).await?;
+    assert_eq!(store.get_user("bob").await?, Some(bob));
     Ok(())
 }
