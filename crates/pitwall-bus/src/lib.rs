@@ -76,6 +76,27 @@ impl Delivery {
         self.acker.ack().await
     }
 
+    /// Settle the delivery by the outcome of handling it: ack on success; on failure (the
+    /// effect could not be made durable yet) log `what`, wait `pause` so a persistent fault
+    /// does not spin, and requeue it for another try.
+    pub async fn settle<E: std::fmt::Display>(
+        self,
+        outcome: Result<(), E>,
+        what: &str,
+        pause: Duration,
+    ) {
+        match outcome {
+            Ok(()) => {
+                let _ = self.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, routing_key = %self.routing_key, "{what}; it will be redelivered");
+                tokio::time::sleep(pause).await;
+                let _ = self.nack(true).await;
+            }
+        }
+    }
+
     /// Give the message back; with `requeue` it is delivered again (to any consumer of the
     /// queue), otherwise it is dropped (dead-lettered where the transport has a DLX).
     pub async fn nack(self, requeue: bool) -> Result<(), BusError> {

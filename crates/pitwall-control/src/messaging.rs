@@ -69,17 +69,9 @@ impl Control {
                 return;
             }
         };
-        match result {
-            Ok(()) => {
-                let _ = d.ack().await;
-            }
-            Err(e) => {
-                // The store could not take it: let it come again.
-                warn!(error = %e, "status not recorded; will be redelivered");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let _ = d.nack(true).await;
-            }
-        }
+        // A failure here is the store not taking it: let it come again.
+        d.settle(result, "status not recorded", Duration::from_millis(200))
+            .await;
     }
 
     fn on_reply(&self, env: Envelope) {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use pitwall_bus::Delivery;
 use pitwall_core::{DesiredState, ImageRef, VmState};
+use pitwall_image::ImageCache;
 use pitwall_proto::v1::{
     envelope::Payload, image_command, vm_command, ConsoleOutput, Envelope, ImageCommand,
     ImageStatus, VmCommand,
@@ -54,16 +55,12 @@ impl Host {
                 return;
             }
         };
-        match result {
-            Ok(()) => {
-                let _ = d.ack().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "command not applied; it will be redelivered");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                let _ = d.nack(true).await;
-            }
-        }
+        d.settle(
+            result,
+            "command not applied",
+            std::time::Duration::from_millis(500),
+        )
+        .await;
     }
 
     async fn on_vm_command(&self, env: &Envelope, cmd: VmCommand) -> Result<(), HostError> {
@@ -280,7 +277,15 @@ impl Host {
         });
     }
 
-    async fn import(&self, reference: &str, archive: &Path, remove: bool) -> ImageStatus {
+    /// Run `job` on the image cache for `reference`, off the async threads. The status comes
+    /// back with host and reference filled in, `ok` set on success and `error` otherwise.
+    async fn image_job<T: Send + 'static>(
+        &self,
+        reference: &str,
+        job: impl FnOnce(&ImageCache, &ImageRef) -> Result<T, pitwall_image::ImageError>
+            + Send
+            + 'static,
+    ) -> (ImageStatus, Option<T>) {
         let mut st = ImageStatus {
             reference: reference.into(),
             host: self.inner.cfg.name.clone(),
@@ -290,51 +295,48 @@ impl Host {
             Ok(r) => r,
             Err(e) => {
                 st.error = e.to_string();
-                return st;
+                return (st, None);
             }
         };
         let images = self.inner.images.clone();
+        match tokio::task::spawn_blocking(move || job(&images, &r)).await {
+            Ok(Ok(v)) => {
+                st.ok = true;
+                (st, Some(v))
+            }
+            Ok(Err(e)) => {
+                st.error = e.to_string();
+                (st, None)
+            }
+            Err(e) => {
+                st.error = format!("the image job crashed: {e}");
+                (st, None)
+            }
+        }
+    }
+
+    async fn import(&self, reference: &str, archive: &Path, remove: bool) -> ImageStatus {
         let path = archive.to_path_buf();
-        let res = tokio::task::spawn_blocking(move || images.import(&path, &r)).await;
+        let (mut st, info) = self
+            .image_job(reference, move |images, r| images.import(&path, r))
+            .await;
         if remove {
             let _ = std::fs::remove_file(archive);
         }
-        match res {
-            Ok(Ok(info)) => {
-                info!(image = reference, digest = info.digest, "image imported");
-                st.ok = true;
-                st.digest = info.digest;
-                st.size_bytes = info.size_bytes;
-                st.config_json = serde_json::to_string(&info.config).unwrap_or_default();
-            }
-            Ok(Err(e)) => st.error = e.to_string(),
-            Err(e) => st.error = format!("import crashed: {e}"),
+        if let Some(info) = info {
+            info!(image = reference, digest = info.digest, "image imported");
+            st.digest = info.digest;
+            st.size_bytes = info.size_bytes;
+            st.config_json = serde_json::to_string(&info.config).unwrap_or_default();
         }
         st
     }
 
     async fn remove_image(&self, reference: &str) -> ImageStatus {
-        let mut st = ImageStatus {
-            reference: reference.into(),
-            host: self.inner.cfg.name.clone(),
-            ..Default::default()
-        };
-        let r = match ImageRef::parse(reference) {
-            Ok(r) => r,
-            Err(e) => {
-                st.error = e.to_string();
-                return st;
-            }
-        };
-        let images = self.inner.images.clone();
-        match tokio::task::spawn_blocking(move || images.remove(&r)).await {
-            Ok(Ok(existed)) => {
-                st.ok = true;
-                st.removed = existed;
-            }
-            Ok(Err(e)) => st.error = e.to_string(),
-            Err(e) => st.error = e.to_string(),
-        }
+        let (mut st, existed) = self
+            .image_job(reference, |images, r| images.remove(r))
+            .await;
+        st.removed = existed.unwrap_or(false);
         st
     }
 }
