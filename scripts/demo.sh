@@ -35,6 +35,12 @@ else
     done
 fi
 
+# pitwalld created the administrator on its first start, with a one-time password in
+# $DATA/admin-credentials (mode 0600); log the CLI in with it (the login is stored, 0600).
+say "logging in as admin (password from $DATA/admin-credentials)"
+sed -n 's/^password=//p' "$DATA/admin-credentials" | "$PITWALL" login --user admin --password-stdin
+"$PITWALL" whoami
+
 say "building a busybox image (OCI layout) from Debian's busybox-static"
 rm -rf "$DATA/demo-image"
 "$BIN/pitwall-fixture" busybox-image "$DATA/demo-image" latest /bin/sh -c \
@@ -67,6 +73,9 @@ Pitwall runs at $PITWALL_API with the VM "demo". Try:
   pitwall vm create second --image demo/hello:latest --wait
   pitwall vm delete demo --wait
   pitwall events                      # follow lifecycle events (Ctrl-C to end)
+  pitwall whoami; pitwall quota show; pitwall audit
+  echo 'a long password' | pitwall user create alice --group ops --password-stdin
+  pitwall quota set user:alice --max-vms 2
   curl -s $PITWALL_API/v1/openapi.json | head
 Stop the daemon with: kill \$(cat $DATA/pitwalld.pid)   (VMs keep running; a new start re-attaches)
 NEXT

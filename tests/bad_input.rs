@@ -94,7 +94,13 @@ async fn every_bad_request_is_refused_clearly_and_changes_nothing() -> anyhow::R
     let (status, code_s, msg) = code(&e);
     assert_eq!((status, code_s.as_str()), (409, "already_exists"), "{msg}");
     // unknown fields in the body are refused too
-    let raw = reqwest_post(&d.api, r#"{"name":"c","image":"e2e/hello:1.0","cpus":2}"#).await?;
+    let token = c.token().unwrap_or_default().to_string();
+    let raw = raw_post(
+        &d.api,
+        &token,
+        r#"{"name":"c","image":"e2e/hello:1.0","cpus":2}"#,
+    )
+    .await?;
     assert_eq!(raw.0, 400, "{}", raw.1);
     assert!(raw.1.contains("cpus"), "{}", raw.1);
 
@@ -136,12 +142,14 @@ async fn every_bad_request_is_refused_clearly_and_changes_nothing() -> anyhow::R
 }
 
 /// POST a raw body (to send what the typed client cannot).
-async fn reqwest_post(api: &str, body: &str) -> anyhow::Result<(u16, String)> {
+/// POST a raw body to `/v1/vms` (bypassing the typed client, which cannot send unknown
+/// fields).
+async fn raw_post(api: &str, token: &str, body: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = api.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let req = format!(
-        "POST /v1/vms HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v1/vms HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await?;

@@ -1,4 +1,14 @@
 //! Typed HTTP client for API v1.
+//!
+//! A [`Client`] talks to one API endpoint. It sends a bearer token on every request when it
+//! has one ([`Client::with_token`]), and can present a TLS client certificate and trust an
+//! extra CA for an `https` endpoint ([`ClientBuilder`]). The VM, image and event endpoints are
+//! here; authentication, users, policies, delegations, certificates and the audit log are in
+//! [`auth`](self::auth).
+
+mod auth;
+
+pub use auth::QuotaOf;
 
 use std::path::Path;
 use std::time::Duration;
@@ -28,6 +38,8 @@ pub enum ClientError {
     Timeout { url: String },
     #[error("unexpected answer from the Pitwall API ({status}): {why}")]
     Decode { status: u16, why: String },
+    #[error("invalid TLS {what}: {why}")]
+    Tls { what: &'static str, why: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -51,10 +63,39 @@ impl ClientError {
 pub struct Client {
     base: url::Url,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
-impl Client {
-    pub fn new(base: &str) -> Result<Self, ClientError> {
+/// Options of a [`Client`] beyond its URL: TLS client identity and extra trusted CA.
+#[derive(Debug, Clone, Default)]
+pub struct ClientBuilder {
+    identity_pem: Option<Vec<u8>>,
+    ca_pem: Option<Vec<u8>>,
+    token: Option<String>,
+}
+
+impl ClientBuilder {
+    /// Present this TLS client identity to an `https` endpoint: PEM holding the certificate
+    /// chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1), in any order.
+    pub fn identity_pem(mut self, pem: Vec<u8>) -> Self {
+        self.identity_pem = Some(pem);
+        self
+    }
+
+    /// Trust the CA certificate(s) in this PEM for an `https` endpoint, besides the
+    /// system's roots.
+    pub fn ca_pem(mut self, pem: Vec<u8>) -> Self {
+        self.ca_pem = Some(pem);
+        self
+    }
+
+    /// Send `Authorization: Bearer <token>` on every request.
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    pub fn build(self, base: &str) -> Result<Client, ClientError> {
         let base_url = url::Url::parse(base).map_err(|e| ClientError::BadUrl {
             url: base.into(),
             why: e.to_string(),
@@ -65,17 +106,62 @@ impl Client {
                 why: format!("scheme {:?} is not http or https", base_url.scheme()),
             });
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ClientError::Transport {
-                url: base.into(),
-                why: e.to_string(),
+        let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(pem) = &self.identity_pem {
+            let identity = reqwest::Identity::from_pem(pem).map_err(|e| ClientError::Tls {
+                what: "client identity (certificate chain and key, PEM)",
+                why: root_cause(&e),
             })?;
-        Ok(Self {
+            http = http.identity(identity);
+        }
+        if let Some(pem) = &self.ca_pem {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| ClientError::Tls {
+                    what: "CA certificate (PEM)",
+                    why: root_cause(&e),
+                })?;
+            if certs.is_empty() {
+                return Err(ClientError::Tls {
+                    what: "CA certificate (PEM)",
+                    why: "no certificate in it".into(),
+                });
+            }
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http.build().map_err(|e| ClientError::Transport {
+            url: base.into(),
+            why: root_cause(&e),
+        })?;
+        Ok(Client {
             base: base_url,
             http,
+            token: self.token,
         })
+    }
+}
+
+impl Client {
+    /// A client without token or TLS options; see [`Client::builder`] for those.
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        ClientBuilder::default().build(base)
+    }
+
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>` on every request (none
+    /// with `None`).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// The bearer token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn base_url(&self) -> &str {
@@ -84,6 +170,36 @@ impl Client {
 
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base.as_str().trim_end_matches('/'), path)
+    }
+
+    /// A request to `path` (from the API root, e.g. `/v1/vms`), with the token if any.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::GET, path)
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, path)
+    }
+
+    fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::PUT, path)
+    }
+
+    fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::DELETE, path)
+    }
+
+    /// Send and expect a success without a body worth reading (e.g. 204).
+    async fn empty(&self, req: reqwest::RequestBuilder) -> Result<(), ClientError> {
+        self.send(req).await.map(drop)
     }
 
     fn transport(&self, e: reqwest::Error) -> ClientError {
@@ -137,46 +253,35 @@ impl Client {
     }
 
     pub async fn health(&self) -> Result<Health, ClientError> {
-        self.json(self.http.get(self.url("/healthz"))).await
+        self.json(self.get("/healthz")).await
     }
 
     pub async fn create_vm(&self, req: &CreateVmRequest) -> Result<Vm, ClientError> {
-        self.json(self.http.post(self.url("/v1/vms")).json(req))
-            .await
+        self.json(self.post("/v1/vms").json(req)).await
     }
 
     pub async fn list_vms(&self) -> Result<Vec<Vm>, ClientError> {
-        let l: VmList = self.json(self.http.get(self.url("/v1/vms"))).await?;
+        let l: VmList = self.json(self.get("/v1/vms")).await?;
         Ok(l.vms)
     }
 
     pub async fn get_vm(&self, name: &str) -> Result<Vm, ClientError> {
-        self.json(self.http.get(self.url(&format!("/v1/vms/{}", seg(name)))))
-            .await
+        self.json(self.get(&format!("/v1/vms/{}", seg(name)))).await
     }
 
     pub async fn start_vm(&self, name: &str) -> Result<Vm, ClientError> {
-        self.json(
-            self.http
-                .post(self.url(&format!("/v1/vms/{}/start", seg(name)))),
-        )
-        .await
+        self.json(self.post(&format!("/v1/vms/{}/start", seg(name))))
+            .await
     }
 
     pub async fn stop_vm(&self, name: &str) -> Result<Vm, ClientError> {
-        self.json(
-            self.http
-                .post(self.url(&format!("/v1/vms/{}/stop", seg(name)))),
-        )
-        .await
+        self.json(self.post(&format!("/v1/vms/{}/stop", seg(name))))
+            .await
     }
 
     pub async fn delete_vm(&self, name: &str) -> Result<Vm, ClientError> {
-        self.json(
-            self.http
-                .delete(self.url(&format!("/v1/vms/{}", seg(name)))),
-        )
-        .await
+        self.json(self.delete(&format!("/v1/vms/{}", seg(name))))
+            .await
     }
 
     /// Wait until the VM is in `state` (e.g. `RUNNING`), at most `timeout`.
@@ -186,28 +291,24 @@ impl Client {
         state: &str,
         timeout: Duration,
     ) -> Result<Vm, ClientError> {
-        let url = self.url(&format!(
+        let url = format!(
             "/v1/vms/{}/wait?state={}&timeout={}ms",
             seg(name),
             seg(state),
             timeout.as_millis()
-        ));
-        self.json(
-            self.http
-                .get(url)
-                .timeout(timeout + Duration::from_secs(15)),
-        )
-        .await
+        );
+        self.json(self.get(&url).timeout(timeout + Duration::from_secs(15)))
+            .await
     }
 
     /// The tail of the VM's captured serial console (at most `max_bytes`, server default when
     /// `None`).
     pub async fn console(&self, name: &str, max_bytes: Option<u32>) -> Result<Bytes, ClientError> {
-        let mut url = self.url(&format!("/v1/vms/{}/console", seg(name)));
+        let mut url = format!("/v1/vms/{}/console", seg(name));
         if let Some(m) = max_bytes {
             url.push_str(&format!("?max_bytes={m}"));
         }
-        let resp = self.send(self.http.get(url)).await?;
+        let resp = self.send(self.get(&url)).await?;
         resp.bytes().await.map_err(|e| self.transport(e))
     }
 
@@ -217,10 +318,9 @@ impl Client {
         reference: &str,
         body: impl Into<reqwest::Body>,
     ) -> Result<Image, ClientError> {
-        let url = self.url(&format!("/v1/images?reference={}", seg(reference)));
+        let url = format!("/v1/images?reference={}", seg(reference));
         self.json(
-            self.http
-                .post(url)
+            self.post(&url)
                 .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
                 .body(body)
                 .timeout(Duration::from_secs(1800)),
@@ -247,12 +347,12 @@ impl Client {
     }
 
     pub async fn list_images(&self) -> Result<Vec<Image>, ClientError> {
-        let l: ImageList = self.json(self.http.get(self.url("/v1/images"))).await?;
+        let l: ImageList = self.json(self.get("/v1/images")).await?;
         Ok(l.images)
     }
 
     pub async fn get_image(&self, reference: &str) -> Result<Image, ClientError> {
-        self.json(self.http.get(self.url(&format!("/v1/images/{reference}"))))
+        self.json(self.get(&format!("/v1/images/{reference}")))
             .await
     }
 
@@ -263,8 +363,7 @@ impl Client {
     ) -> Result<impl Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
         let resp = self
             .send(
-                self.http
-                    .get(self.url("/v1/events"))
+                self.get("/v1/events")
                     .header("Last-Event-ID", after.to_string()),
             )
             .await?;
@@ -343,5 +442,58 @@ mod tests {
         let e = c.list_vms().await.unwrap_err();
         assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
         assert!(e.to_string().contains("PITWALL_API"));
+    }
+
+    /// Accept one connection, answer `body` with 200, and return the request's head.
+    async fn one_request(body: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                head.extend_from_slice(&buf[..n]);
+            }
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&head).to_lowercase()
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn the_token_is_sent_as_a_bearer_header() {
+        let (url, server) = one_request(r#"{"status":"ok","version":"1","hosts":[]}"#).await;
+        let c = Client::new(&url).unwrap().with_token(Some("t0k".into()));
+        c.health().await.unwrap();
+        let head = server.await.unwrap();
+        assert!(head.contains("authorization: bearer t0k\r\n"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn without_a_token_no_authorization_is_sent() {
+        let (url, server) = one_request(r#"{"status":"ok","version":"1","hosts":[]}"#).await;
+        Client::new(&url).unwrap().health().await.unwrap();
+        assert!(!server.await.unwrap().contains("authorization"));
+    }
+
+    #[test]
+    fn pem_that_is_not_an_identity_or_ca_is_refused_up_front() {
+        let e = Client::builder()
+            .identity_pem(b"not pem".to_vec())
+            .build("https://127.0.0.1:1")
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Tls { .. }), "{e:?}");
+        let e = Client::builder()
+            .ca_pem(b"not pem".to_vec())
+            .build("https://127.0.0.1:1")
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Tls { .. }), "{e:?}");
     }
 }

@@ -5,8 +5,9 @@
 //! link the server's domain crates; the server converts from `pitwall-core`.
 #![forbid(unsafe_code)]
 
+pub mod cert;
 mod client;
 mod types;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientBuilder, ClientError, QuotaOf};
 pub use types::*;

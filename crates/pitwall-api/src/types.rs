@@ -18,6 +18,13 @@ pub struct CreateVmRequest {
     /// Boot the VM once created (default true); false leaves it STOPPED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<bool>,
+    /// Share the VM with a group the caller belongs to: its members see and change it, and
+    /// it is charged to the group's policy instead of the caller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Charge the VM to a delegation the caller holds (its id) instead of their own policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<String>,
 }
 
 /// A VM as the API shows it.
@@ -36,6 +43,9 @@ pub struct Vm {
     pub desired_state: String,
     pub generation: u64,
     pub owner: String,
+    /// Group the VM is shared with.
+    #[serde(default)]
+    pub group: Option<String>,
     pub host: Option<String>,
     /// Why the VM is FAILED (or why it stopped by itself).
     pub reason: Option<String>,
@@ -88,7 +98,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_argument`, `not_found`, `already_exists`,
-    /// `conflict`, `timeout`, `vm_failed`, `invalid_image`, `unavailable`, `internal`.
+    /// `conflict`, `timeout`, `vm_failed`, `invalid_image`, `unavailable`, `internal`,
+    /// `unauthenticated` (401), `forbidden` (403), `quota_exceeded` (403).
     pub code: String,
     /// For people: what went wrong and what to do.
     pub message: String,
@@ -101,4 +112,244 @@ pub struct Health {
     pub version: String,
     /// Hosts that sent a heartbeat within their lease.
     pub hosts: Vec<String>,
+}
+
+/// `GET /v1/auth/config` (no token needed): how clients log in to this deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthConfig {
+    /// Issuer URL (`iss` of accepted tokens).
+    pub issuer: String,
+    /// Audience tokens must carry.
+    pub audience: String,
+    /// True when Pitwall's built-in issuer is in use: log in with `POST /v1/auth/login`.
+    pub builtin: bool,
+    /// OAuth client id the CLI uses at an external issuer (device authorization grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The external issuer's device authorization endpoint, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_authorization_endpoint: Option<String>,
+    /// The external issuer's token endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint: Option<String>,
+    /// Scopes the CLI asks for (space-separated), e.g. `openid offline_access`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Resource indicator (RFC 8707) the CLI sends so the token's `aud` is Pitwall's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+}
+
+/// `POST /v1/auth/login` (built-in issuer only; no token needed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+/// A token as `POST /v1/auth/login` (and an OAuth token endpoint) gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until `access_token` expires.
+    pub expires_in: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+}
+
+/// `GET /v1/whoami`: the identity a request was made with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub username: String,
+    /// `sub` of the token (or the certificate's subject).
+    pub subject: String,
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
+    pub admin: bool,
+    /// `token`, or `certificate <serial>`.
+    pub via: String,
+}
+
+/// A resource policy (see `pitwall quota`): absent limits are unlimited, absent lists allow
+/// any host or network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vcpus: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_disk_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+}
+
+/// Resources held by the VMs charged to a holder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub vms: u64,
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+}
+
+/// `GET /v1/quota[?user=NAME|group=NAME]`: a holder's policy and what it uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// `user:NAME` or `group:NAME`.
+    pub holder: String,
+    /// Where the policy comes from: `user:NAME`, `group:NAME`, `default`, or `admin`
+    /// (administrators are unlimited).
+    pub source: String,
+    pub policy: Policy,
+    pub usage: Usage,
+}
+
+/// `PUT /v1/policies/{holder}` (admins): set a root policy; `holder` is `user:NAME`,
+/// `group:NAME` or `default`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEntry {
+    pub holder: String,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyList {
+    pub policies: Vec<PolicyEntry>,
+}
+
+/// `POST /v1/users` (admins, built-in issuer only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// A local user of the built-in issuer (never its password).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub username: String,
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
+    pub admin: bool,
+    pub disabled: bool,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<User>,
+}
+
+/// `PUT /v1/users/{name}/password` (the user themself, or an admin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPasswordRequest {
+    pub password: String,
+}
+
+/// `POST /v1/delegations`: give part of a policy to another principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDelegationRequest {
+    /// `user:NAME` or `group:NAME`.
+    pub to: String,
+    pub policy: Policy,
+    /// Delegation to cut this one from (one held by the caller); absent: the caller's own
+    /// policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegation {
+    pub id: String,
+    /// Charge path of the holder it is cut from, e.g. `/user:alice/`.
+    pub parent: String,
+    pub to: String,
+    pub policy: Policy,
+    pub created_by: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+    /// What the VMs created under it hold now.
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegationList {
+    pub delegations: Vec<Delegation>,
+}
+
+/// `POST /v1/certificates`: have the deployment CA sign a certificate signing request,
+/// embedding a policy (within the caller's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignCertificateRequest {
+    /// PKCS#10 CSR, PEM.
+    pub csr_pem: String,
+    pub policy: Policy,
+    /// May the certificate sign further (narrower) certificates? Default false.
+    #[serde(default)]
+    pub ca: bool,
+    /// Validity, e.g. `30d`; default and maximum set by the deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedCertificate {
+    /// Lower-case hex.
+    pub serial: String,
+    pub certificate_pem: String,
+    /// The chain up to (not including) the deployment CA, leaf first, PEM.
+    pub chain_pem: String,
+    pub not_after: String,
+}
+
+/// `POST /v1/certificates/revoked`: revoke a certificate by serial (its holder's issuer, or
+/// an admin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeCertificateRequest {
+    pub serial: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The chain holding `serial` (leaf first, up to the first-level certificate), PEM:
+    /// required unless the caller is an administrator, to show the chain was issued to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_pem: Option<String>,
+}
+
+/// One audited request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: String,
+    pub actor: String,
+    pub via: String,
+    pub source: String,
+    pub method: String,
+    pub path: String,
+    pub action: String,
+    pub status: u16,
+    pub outcome: String,
+}
+
+/// `GET /v1/audit?after=SEQ&limit=N[&actor=NAME]`: admins see all, others their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditList {
+    pub entries: Vec<AuditEntry>,
 }

@@ -15,7 +15,12 @@ The API endpoint is taken from, in this order:
   2. the PITWALL_API environment variable
   3. `api = \"http://HOST:PORT\"` in the config file: $PITWALL_CONFIG, else
      $XDG_CONFIG_HOME/pitwall/config.toml, else ~/.config/pitwall/config.toml
-  4. the default http://127.0.0.1:7070 (where `pitwalld all` listens by default)";
+  4. the default http://127.0.0.1:7070 (where `pitwalld all` listens by default)
+
+Authentication: `pitwall login` stores a token for the endpoint in
+$XDG_CONFIG_HOME/pitwall/credentials.json (else ~/.config/pitwall/credentials.json);
+PITWALL_TOKEN, when set, is sent instead. For an https endpoint, --cert/--key present a
+client certificate and --ca trusts a CA (or `cert`, `key`, `ca` in the config file).";
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -28,6 +33,8 @@ Exit codes:
   6  the API is unreachable
   7  the VM failed (the API said vm_failed, or the awaited VM became FAILED)
   8  invalid input refused by the API (invalid_argument, invalid_image)
+  9  not logged in, login expired, or the token was refused (unauthenticated)
+ 10  not allowed: forbidden, or over quota (quota_exceeded)
 
 Logging: PITWALL_LOG=debug (tracing filter syntax) logs to stderr.";
 
@@ -49,6 +56,20 @@ pub struct Cli {
     /// Output format: human-readable text, or the API's JSON objects (pretty-printed)
     #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+
+    /// TLS client certificate (PEM, chain leaf first) for an https endpoint [default: `cert`
+    /// in the config file]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert [default: `key` in the config file; else --cert's file]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) to trust for an https endpoint, besides the system's [default:
+    /// `ca` in the config file]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -74,6 +95,29 @@ pub enum Command {
     Events(EventsArgs),
     /// Check that the API answers, and list the hosts that are alive
     Health,
+    /// Log in to the API and store the token
+    ///
+    /// Built-in issuer: --user NAME and a password; external issuer: the OAuth device flow
+    /// in a browser; or --token with a token you have.
+    Login(LoginArgs),
+    /// Forget the stored token for this API
+    Logout,
+    /// Show who the API takes you for
+    Whoami,
+    /// Manage the built-in issuer's users (administrators)
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Show resource quotas, and set policies (administrators)
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Give part of your quota to another user or group
+    #[command(subcommand)]
+    Delegate(DelegateCommand),
+    /// Show the audit log of API requests (administrators see everyone's)
+    Audit(AuditArgs),
+    /// Client certificates that carry a policy: request, sign, revoke, show
+    #[command(subcommand)]
+    Cert(CertCommand),
 }
 
 impl Command {
@@ -88,6 +132,27 @@ impl Command {
             Command::Vm(VmCommand::Wait(a)) => Some(&a.name),
             Command::Vm(VmCommand::Console(a)) => Some(&a.name),
             _ => None,
+        }
+    }
+
+    /// Does the command send the stored token? Logging in and out manage it themselves,
+    /// `health` and `cert ca` need none, and local commands make no request.
+    pub fn uses_token(&self) -> bool {
+        !matches!(
+            self,
+            Command::Login(_)
+                | Command::Logout
+                | Command::Health
+                | Command::Cert(CertCommand::Ca { .. })
+        ) && !self.is_local()
+    }
+
+    /// Does the command work on local files only, without the API (and without a login)?
+    pub fn is_local(&self) -> bool {
+        match self {
+            Command::Cert(CertCommand::Request(_) | CertCommand::Show { .. }) => true,
+            Command::Cert(CertCommand::Sign(a)) => a.with_cert.is_some(),
+            _ => false,
         }
     }
 }
@@ -140,6 +205,12 @@ pub struct CreateArgs {
     /// How long --wait waits, e.g. 90s, 5m
     #[arg(long, value_name = "DUR", default_value = "120s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Share the VM with this group of yours (charged to the group's quota)
+    #[arg(long, value_name = "G")]
+    pub group: Option<String>,
+    /// Charge the VM to this delegation you hold (see `pitwall delegate list`)
+    #[arg(long, value_name = "ID", conflicts_with = "group")]
+    pub delegation: Option<String>,
 }
 
 /// Arguments of `vm start`, `vm stop` and `vm delete`.
@@ -208,6 +279,257 @@ pub struct EventsArgs {
     pub after: u64,
 }
 
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User name at the built-in issuer
+    #[arg(long, value_name = "NAME", conflicts_with = "token")]
+    pub user: Option<String>,
+    /// Read the password from the first line of stdin (without it, pitwall prompts on the
+    /// terminal; the password is never an argument)
+    #[arg(long, requires = "user")]
+    pub password_stdin: bool,
+    /// Store this token (a JWT) instead of logging in; `-` reads it from stdin
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user of the built-in issuer
+    Create(UserCreateArgs),
+    /// List users
+    List,
+    /// Delete a user
+    Delete {
+        /// User name
+        name: String,
+    },
+    /// Set a user's password (yours, or anyone's as an administrator)
+    Passwd {
+        /// User name
+        name: String,
+        /// Read the new password from the first line of stdin
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UserCreateArgs {
+    /// User name
+    pub name: String,
+    /// A group the user is in (repeat for more)
+    #[arg(long = "group", value_name = "G")]
+    pub groups: Vec<String>,
+    /// A role the user holds (repeat for more)
+    #[arg(long = "role", value_name = "R")]
+    pub roles: Vec<String>,
+    /// Make the user an administrator (gives the role pitwall-admin)
+    #[arg(long)]
+    pub admin: bool,
+    /// Read the password from the first line of stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Show a quota: its policy and what is used (yours by default)
+    Show(QuotaShowArgs),
+    /// Set the policy of a holder: user:NAME, group:NAME or default (administrators)
+    Set(QuotaSetArgs),
+    /// List the policies set (administrators)
+    List,
+    /// Remove the policy of a holder (administrators)
+    Rm {
+        /// user:NAME, group:NAME or default
+        #[arg(value_parser = parse_holder)]
+        holder: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct QuotaShowArgs {
+    /// Show this user's quota
+    #[arg(long, value_name = "NAME", conflicts_with = "group")]
+    pub user: Option<String>,
+    /// Show this group's quota
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QuotaSetArgs {
+    /// user:NAME, group:NAME or default
+    #[arg(value_parser = parse_holder)]
+    pub holder: String,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// A policy on the command line: absent limits are unlimited, absent lists allow any.
+#[derive(Debug, Args, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// At most N VMs
+    #[arg(long, value_name = "N")]
+    pub max_vms: Option<u64>,
+    /// At most N virtual CPUs in all
+    #[arg(long, value_name = "N")]
+    pub max_vcpus: Option<u64>,
+    /// At most N MiB of memory in all
+    #[arg(long, value_name = "N")]
+    pub max_memory_mib: Option<u64>,
+    /// At most N MiB of disk in all
+    #[arg(long, value_name = "N")]
+    pub max_disk_mib: Option<u64>,
+    /// Only on this host (repeat for more) [default: any]
+    #[arg(long = "host", value_name = "H")]
+    pub hosts: Vec<String>,
+    /// Only on this network (repeat for more) [default: any]
+    #[arg(long = "network", value_name = "N")]
+    pub networks: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DelegateCommand {
+    /// Give part of your quota (or of a delegation you hold) to a user or group
+    Create(DelegateCreateArgs),
+    /// List the delegations you made or hold
+    List,
+    /// Revoke a delegation
+    Revoke {
+        /// Delegation id
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DelegateCreateArgs {
+    /// Who gets it: user:NAME or group:NAME
+    #[arg(long, value_name = "user:NAME|group:NAME", value_parser = parse_principal)]
+    pub to: String,
+    /// Cut it from this delegation you hold [default: your own quota]
+    #[arg(long, value_name = "ID")]
+    pub from: Option<String>,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries after this sequence number
+    #[arg(long, value_name = "SEQ")]
+    pub after: Option<u64>,
+    /// At most N entries [default: the server's]
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Only requests made by this user
+    #[arg(long, value_name = "NAME")]
+    pub actor: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Make a new private key (mode 0600) and a certificate signing request (no API call)
+    Request(CertRequestArgs),
+    /// Sign a request: by the API with your own policy, or locally with a CA certificate you
+    /// hold (--with-cert/--with-key)
+    ///
+    /// The output file is the new certificate followed by its issuers (leaf first), ready to
+    /// present with --cert.
+    Sign(CertSignArgs),
+    /// Revoke a certificate you issued (or any, as an administrator)
+    Revoke(CertRevokeArgs),
+    /// Show what a certificate file holds: serials, names, policies, validity (no API call)
+    Show {
+        /// PEM file with one certificate or a chain
+        file: PathBuf,
+    },
+    /// Print the deployment CA certificate (trust it with --ca for the https endpoint)
+    Ca {
+        /// Write it to this file instead of stdout
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Overwrite --out if it exists
+        #[arg(long, requires = "out")]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CertRequestArgs {
+    /// Common name to ask for (the API replaces it with your user name)
+    #[arg(long, value_name = "CN")]
+    pub name: String,
+    /// Where to write the new private key (mode 0600)
+    #[arg(long, value_name = "FILE")]
+    pub key_out: PathBuf,
+    /// Where to write the certificate signing request
+    #[arg(long, value_name = "FILE")]
+    pub csr_out: PathBuf,
+    /// Overwrite the files if they exist
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CertSignArgs {
+    /// The certificate signing request (PEM), e.g. from `pitwall cert request`
+    pub csr: PathBuf,
+    /// Where to write the certificate chain (leaf first)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Sign locally with this CA certificate (a chain file, leaf first) instead of the API
+    #[arg(long, value_name = "CHAIN.pem", requires = "with_key")]
+    pub with_cert: Option<PathBuf>,
+    /// The private key of --with-cert
+    #[arg(long, value_name = "KEY.pem", requires = "with_cert")]
+    pub with_key: Option<PathBuf>,
+    /// Make a CA certificate, which may sign narrower certificates in turn (not `--ca`: that
+    /// is the global flag naming a CA file to trust)
+    #[arg(long)]
+    pub as_ca: bool,
+    /// How long the certificate is valid, e.g. 30d, 12h [default: 30d locally; the server's
+    /// through the API]
+    #[arg(long, value_name = "DUR")]
+    pub validity: Option<String>,
+    #[command(flatten)]
+    pub limits: Limits,
+    /// Overwrite --out if it exists
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CertRevokeArgs {
+    /// Serial of the certificate (hex, as `pitwall cert show` prints it)
+    pub serial: String,
+    /// Why, for the record
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// The chain holding the certificate, leaf first up to your own certificate: proves it
+    /// was issued under you (not needed by administrators)
+    #[arg(long, value_name = "CHAIN.pem")]
+    pub chain: Option<PathBuf>,
+}
+
+/// `user:NAME` or `group:NAME`.
+pub fn parse_principal(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    match s.split_once(':') {
+        Some(("user" | "group", name)) if !name.is_empty() => Ok(s.to_owned()),
+        _ => Err("write user:NAME or group:NAME".into()),
+    }
+}
+
+/// `user:NAME`, `group:NAME` or `default`.
+pub fn parse_holder(s: &str) -> Result<String, String> {
+    if s.trim() == "default" {
+        return Ok("default".into());
+    }
+    parse_principal(s).map_err(|_| "write user:NAME, group:NAME or default".into())
+}
+
 /// Parse a duration such as `500ms`, `30s`, `2m`, `1h` or `1m 30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
@@ -224,77 +546,4 @@ fn parse_state(s: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::endpoint::DEFAULT_API;
-    use clap::CommandFactory;
-
-    #[test]
-    fn durations_take_the_units_people_write() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
-    }
-
-    #[test]
-    fn a_bad_duration_says_how_to_write_one() {
-        let e = parse_duration("soon").unwrap_err();
-        assert!(e.contains("like 500ms, 30s, 2m or 1h"), "{e}");
-        assert!(parse_duration("10").is_err(), "a bare number has no unit");
-    }
-
-    #[test]
-    fn the_grammar_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn create_waits_two_minutes_by_default() {
-        let cli =
-            Cli::try_parse_from(["pitwall", "vm", "create", "web", "--image", "a:1"]).unwrap();
-        let Command::Vm(VmCommand::Create(a)) = cli.command else {
-            panic!("not create")
-        };
-        assert_eq!(a.timeout, Duration::from_secs(120));
-        assert!(!a.wait && !a.no_start);
-    }
-
-    #[test]
-    fn wait_defaults_to_running_within_a_minute_and_accepts_any_case() {
-        let cli = Cli::try_parse_from(["pitwall", "vm", "wait", "web"]).unwrap();
-        let Command::Vm(VmCommand::Wait(a)) = cli.command else {
-            panic!("not wait")
-        };
-        assert_eq!(
-            (a.state.as_str(), a.timeout),
-            ("RUNNING", Duration::from_secs(60))
-        );
-
-        let cli =
-            Cli::try_parse_from(["pitwall", "vm", "wait", "web", "--state", "stopped"]).unwrap();
-        let Command::Vm(VmCommand::Wait(a)) = cli.command else {
-            panic!("not wait")
-        };
-        assert_eq!(a.state, "STOPPED");
-    }
-
-    #[test]
-    fn output_format_is_global_and_has_a_short_form() {
-        let cli = Cli::try_parse_from(["pitwall", "vm", "list", "-o", "json"]).unwrap();
-        assert_eq!(cli.output, OutputFormat::Json);
-        let cli = Cli::try_parse_from(["pitwall", "--output", "json", "health"]).unwrap();
-        assert_eq!(cli.output, OutputFormat::Json);
-        let cli = Cli::try_parse_from(["pitwall", "health"]).unwrap();
-        assert_eq!(cli.output, OutputFormat::Text);
-    }
-
-    #[test]
-    fn long_help_lists_the_exit_codes() {
-        let help = Cli::command().render_long_help().to_string();
-        assert!(help.contains("Exit codes:"), "{help}");
-        assert!(help.contains("6  the API is unreachable"), "{help}");
-        assert!(help.contains(DEFAULT_API), "{help}");
-    }
-}
+mod tests;

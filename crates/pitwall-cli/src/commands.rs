@@ -1,9 +1,15 @@
 //! One module per command group; each command calls the API through [`pitwall_api::Client`]
 //! and renders the answer with [`crate::output`].
 
+pub mod audit;
+pub mod cert;
+pub mod delegate;
 pub mod events;
 pub mod health;
 pub mod image;
+pub mod login;
+pub mod quota;
+pub mod user;
 pub mod vm;
 
 use pitwall_api::Client;
@@ -11,13 +17,17 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::cli::{Command, OutputFormat};
+use crate::endpoint::EnvVars;
 use crate::output;
 
-/// What every command needs: the API client and the output format.
+/// What every command needs: the API client (with the token to send, if any), the output
+/// format, the API URL as given (the key of its stored login) and the environment.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub client: Client,
     pub format: OutputFormat,
+    pub api: String,
+    pub env: EnvVars,
 }
 
 impl Ctx {
@@ -27,13 +37,23 @@ impl Ctx {
         value: &T,
         text: impl FnOnce(&T, OffsetDateTime) -> String,
     ) -> anyhow::Result<()> {
-        let rendered = match self.format {
-            OutputFormat::Json => output::json(value)?,
-            OutputFormat::Text => text(value, OffsetDateTime::now_utc()),
-        };
-        output::emit(&rendered)?;
-        Ok(())
+        show(self.format, value, text)
     }
+}
+
+/// Print `value` as pretty JSON, or `text(value, now)` for people (commands without a
+/// [`Ctx`] use this directly).
+pub fn show<T: Serialize + ?Sized>(
+    format: OutputFormat,
+    value: &T,
+    text: impl FnOnce(&T, OffsetDateTime) -> String,
+) -> anyhow::Result<()> {
+    let rendered = match format {
+        OutputFormat::Json => output::json(value)?,
+        OutputFormat::Text => text(value, OffsetDateTime::now_utc()),
+    };
+    output::emit(&rendered)?;
+    Ok(())
 }
 
 pub async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
@@ -42,5 +62,13 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Image(c) => image::run(ctx, c).await,
         Command::Events(a) => events::run(ctx, a).await,
         Command::Health => health::run(ctx).await,
+        Command::Login(a) => login::login(ctx, a).await,
+        Command::Logout => login::logout(ctx).await,
+        Command::Whoami => login::whoami(ctx).await,
+        Command::User(c) => user::run(ctx, c).await,
+        Command::Quota(c) => quota::run(ctx, c).await,
+        Command::Delegate(c) => delegate::run(ctx, c).await,
+        Command::Audit(a) => audit::run(ctx, a).await,
+        Command::Cert(c) => cert::run(ctx, c).await,
     }
 }

@@ -24,6 +24,8 @@ pub struct EnvVars {
     pub xdg_config_home: Option<PathBuf>,
     /// `HOME`
     pub home: Option<PathBuf>,
+    /// `PITWALL_TOKEN`: the bearer token to send, over any stored one.
+    pub token: Option<String>,
 }
 
 impl EnvVars {
@@ -34,6 +36,7 @@ impl EnvVars {
             config: var("PITWALL_CONFIG").map(PathBuf::from),
             xdg_config_home: var("XDG_CONFIG_HOME").map(PathBuf::from),
             home: var("HOME").map(PathBuf::from),
+            token: var("PITWALL_TOKEN").map(|v| v.to_string_lossy().trim().to_owned()),
         }
     }
 }
@@ -64,11 +67,42 @@ pub struct Endpoint {
     pub source: Source,
 }
 
-/// The config file: `api = "http://HOST:PORT"`.
+/// The config file: `api = "http://HOST:PORT"`, and for an https endpoint with a client
+/// certificate `cert`, `key` and `ca` (PEM files).
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub api: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+/// TLS files for an https endpoint: client certificate (chain), its key, extra trusted CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Each flag given wins over the config file's key of the same name; the config file is
+    /// read only when some flag is missing.
+    pub fn resolve(flags: TlsFiles, env: &EnvVars) -> Result<TlsFiles, ConfigError> {
+        if flags.cert.is_some() && flags.key.is_some() && flags.ca.is_some() {
+            return Ok(flags);
+        }
+        let file = match config_path(env) {
+            Some(path) => read_config(&path, env.config.is_some())?,
+            None => ConfigFile::default(),
+        };
+        Ok(TlsFiles {
+            cert: flags.cert.or(file.cert),
+            key: flags.key.or(file.key),
+            ca: flags.ca.or(file.ca),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +117,8 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error(
-        "config file {path} is not valid{at}: {why}; it takes one setting, e.g. \
-         api = \"{DEFAULT_API}\""
+        "config file {path} is not valid{at}: {why}; it takes the settings api (e.g. \
+         api = \"{DEFAULT_API}\"), cert, key and ca"
     )]
     Malformed {
         path: PathBuf,
@@ -336,6 +370,30 @@ mod tests {
         };
         let e = resolve(None, &env).unwrap_err().to_string();
         assert!(e.contains("unknown field `apii`"), "{e}");
+    }
+
+    #[test]
+    fn tls_flags_win_over_the_config_file_one_by_one() {
+        let d = Dir::new();
+        let env = EnvVars {
+            config: Some(d.file(
+                "c.toml",
+                "cert = \"/f/c.pem\"\nkey = \"/f/k.pem\"\nca = \"/f/ca.pem\"\n",
+            )),
+            ..Default::default()
+        };
+        let flags = TlsFiles {
+            cert: Some("/flag/c.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            TlsFiles::resolve(flags, &env).unwrap(),
+            TlsFiles {
+                cert: Some("/flag/c.pem".into()),
+                key: Some("/f/k.pem".into()),
+                ca: Some("/f/ca.pem".into()),
+            }
+        );
     }
 
     #[test]

@@ -6,8 +6,12 @@ use std::fmt;
 use pitwall_api::ClientError;
 
 use crate::commands::image::ImportError;
+use crate::commands::login::LoginError;
 use crate::commands::vm::WaitError;
+use crate::credentials::CredentialsError;
 use crate::endpoint::{config_path, Endpoint, EnvVars};
+use crate::oauth::OauthError;
+use crate::session::SessionError;
 
 /// The process exit status; see `pitwall --help` and docs/cli.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +28,10 @@ pub enum Exit {
     Unreachable = 6,
     VmFailed = 7,
     Invalid = 8,
+    /// Not logged in, login expired, or the token was refused (HTTP 401).
+    Unauthenticated = 9,
+    /// Forbidden, or over quota (HTTP 403).
+    Forbidden = 10,
 }
 
 impl Exit {
@@ -37,7 +45,11 @@ pub fn exit_code(err: &anyhow::Error) -> Exit {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return match e {
-                ClientError::Api { code, .. } => match code.as_str() {
+                ClientError::Api { code, status, .. } => match code.as_str() {
+                    "unauthenticated" => Exit::Unauthenticated,
+                    "forbidden" | "quota_exceeded" => Exit::Forbidden,
+                    _ if *status == 401 => Exit::Unauthenticated,
+                    _ if *status == 403 => Exit::Forbidden,
                     "not_found" => Exit::NotFound,
                     "already_exists" | "conflict" => Exit::Conflict,
                     "timeout" => Exit::Timeout,
@@ -47,8 +59,30 @@ pub fn exit_code(err: &anyhow::Error) -> Exit {
                 },
                 ClientError::Connect { .. } => Exit::Unreachable,
                 ClientError::Timeout { .. } => Exit::Timeout,
+                ClientError::Decode { status: 401, .. } => Exit::Unauthenticated,
+                ClientError::Decode { status: 403, .. } => Exit::Forbidden,
                 _ => Exit::Failure,
             };
+        }
+        if cause.downcast_ref::<SessionError>().is_some() {
+            return Exit::Unauthenticated;
+        }
+        if let Some(e) = cause.downcast_ref::<OauthError>() {
+            return match e {
+                OauthError::Denied(_) | OauthError::CodeExpired | OauthError::RefreshRefused(_) => {
+                    Exit::Unauthenticated
+                }
+                _ => Exit::Failure,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<LoginError>() {
+            return match e {
+                LoginError::Empty { .. } | LoginError::NoTerminal { .. } => Exit::Usage,
+                _ => Exit::Failure,
+            };
+        }
+        if cause.downcast_ref::<CredentialsError>().is_some() {
+            return Exit::Failure;
         }
         if let Some(e) = cause.downcast_ref::<ImportError>() {
             return match e {
@@ -116,6 +150,19 @@ pub fn hint(
                 }
                 ClientError::Decode { .. } => endpoint
                     .map(|e| format!("is {} a Pitwall API? it comes from {}", e.url, e.source)),
+                ClientError::Api { code, .. } if code == "unauthenticated" => Some(
+                    "log in with `pitwall login` (or set PITWALL_TOKEN); `pitwall whoami` shows \
+                     who you are logged in as"
+                        .into(),
+                ),
+                ClientError::Api { code, .. } if code == "quota_exceeded" => Some(
+                    "see what you use and may use with `pitwall quota show`; delete a VM or ask \
+                     for a larger quota or a delegation (`pitwall delegate`)"
+                        .into(),
+                ),
+                ClientError::Api { code, .. } if code == "forbidden" => {
+                    Some("`pitwall whoami` shows who the API takes you for".into())
+                }
                 ClientError::Api { code, .. } if code == "timeout" => Some(format!(
                     "the VM keeps going; check it with `pitwall vm show {vm}`, or wait longer \
                      with `pitwall vm wait {vm} --timeout 5m`"
@@ -159,6 +206,9 @@ mod tests {
             ("vm_failed", 7),
             ("invalid_argument", 8),
             ("invalid_image", 8),
+            ("unauthenticated", 9),
+            ("forbidden", 10),
+            ("quota_exceeded", 10),
             ("unavailable", 1),
             ("internal", 1),
             ("something_new", 1),
@@ -203,6 +253,28 @@ mod tests {
         };
         assert_eq!(exit_code(&failed.into()), Exit::VmFailed);
         assert_eq!(exit_code(&anyhow::anyhow!("disk full")), Exit::Failure);
+    }
+
+    #[test]
+    fn refused_and_expired_logins_exit_9() {
+        let e: anyhow::Error = SessionError::Expired.into();
+        assert_eq!(exit_code(&e).code(), 9);
+        assert_eq!(exit_code(&OauthError::CodeExpired.into()).code(), 9);
+        assert_eq!(exit_code(&OauthError::Denied(None).into()).code(), 9);
+        let bare_401 = ClientError::Decode {
+            status: 401,
+            why: "Unauthorized".into(),
+        };
+        assert_eq!(exit_code(&bare_401.into()).code(), 9);
+    }
+
+    #[test]
+    fn over_quota_hints_at_quota_show() {
+        let e = api("quota_exceeded");
+        let h = hint(&e, None, &EnvVars::default(), None).unwrap();
+        assert!(h.contains("pitwall quota show"), "{h}");
+        let h = hint(&api("unauthenticated"), None, &EnvVars::default(), None).unwrap();
+        assert!(h.contains("pitwall login"), "{h}");
     }
 
     #[test]

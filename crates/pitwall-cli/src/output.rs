@@ -122,6 +122,7 @@ pub fn vm_table(vms: &[Vm], now: OffsetDateTime) -> String {
         .map(|vm| {
             vec![
                 vm.name.clone(),
+                vm.owner.clone(),
                 vm.state.clone(),
                 vm.image.clone(),
                 vm.vcpus.to_string(),
@@ -134,7 +135,7 @@ pub fn vm_table(vms: &[Vm], now: OffsetDateTime) -> String {
         .collect();
     table(
         &[
-            "NAME", "STATE", "IMAGE", "VCPUS", "MEMORY", "DISK", "HOST", "AGE",
+            "NAME", "OWNER", "STATE", "IMAGE", "VCPUS", "MEMORY", "DISK", "HOST", "AGE",
         ],
         &rows,
     )
@@ -157,6 +158,7 @@ pub fn vm_details(vm: &Vm, now: OffsetDateTime) -> String {
         ("disk", mib(vm.disk_mib)),
         ("host", or_dash(vm.host.as_deref())),
         ("owner", or_dash(Some(&vm.owner))),
+        ("group", or_dash(vm.group.as_deref())),
         ("generation", vm.generation.to_string()),
         (
             "created",
@@ -267,6 +269,7 @@ mod tests {
             desired_state: "RUNNING".into(),
             generation: 3,
             owner: "ada".into(),
+            group: None,
             host: host.map(Into::into),
             reason: None,
             created_at: created_at.into(),
@@ -281,9 +284,9 @@ mod tests {
             vm("database-1", "PENDING", None, "2025-05-28T12:00:00Z"),
         ];
         let expected = "\
-NAME         STATE     IMAGE            VCPUS   MEMORY   DISK   HOST     AGE
-web          RUNNING   demo/hello:1.0   2       512MiB   2GiB   host-a   5s
-database-1   PENDING   demo/hello:1.0   2       512MiB   2GiB   -        4d
+NAME         OWNER   STATE     IMAGE            VCPUS   MEMORY   DISK   HOST     AGE
+web          ada     RUNNING   demo/hello:1.0   2       512MiB   2GiB   host-a   5s
+database-1   ada     PENDING   demo/hello:1.0   2       512MiB   2GiB   -        4d
 ";
         assert_eq!(vm_table(&vms, NOW), expected);
     }
@@ -292,7 +295,7 @@ database-1   PENDING   demo/hello:1.0   2       512MiB   2GiB   -        4d
     fn an_empty_list_is_just_the_header() {
         assert_eq!(
             vm_table(&[], NOW),
-            "NAME   STATE   IMAGE   VCPUS   MEMORY   DISK   HOST   AGE\n"
+            "NAME   OWNER   STATE   IMAGE   VCPUS   MEMORY   DISK   HOST   AGE\n"
         );
     }
 

@@ -7,7 +7,7 @@
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use pitwall_api::{ErrorBody, ErrorDetail};
 use pitwall_store::{EventRecord, ImageRecord, StoreError, VmRecord};
@@ -16,14 +16,29 @@ use time::OffsetDateTime;
 
 use crate::Control;
 
+mod access;
+mod audit;
+pub(crate) mod certs;
 mod events;
+pub(crate) mod guard;
 mod images;
+mod quota;
+mod session;
 mod vms;
 
+/// Every route. Public ones are listed in [`guard::PUBLIC`]; all others are behind
+/// [`guard::authenticate`], and every state-changing request is audited ([`guard::audit`]).
 pub(crate) fn router(control: Control) -> Router {
-    Router::new()
+    let public = Router::new()
         .route("/healthz", get(health))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/auth/config", get(session::config))
+        .route("/v1/auth/login", post(session::login))
+        .route("/v1/auth/refresh", post(session::refresh))
+        .route("/v1/certificates/ca", get(certs::ca_pem))
+        .route_layer(axum::middleware::from_fn(guard::public));
+    let protected = Router::new()
+        .route("/v1/whoami", get(session::whoami))
         .route("/v1/vms", post(vms::create).get(vms::list))
         .route("/v1/vms/{name}", get(vms::show).delete(vms::delete))
         .route("/v1/vms/{name}/start", post(vms::start))
@@ -33,8 +48,47 @@ pub(crate) fn router(control: Control) -> Router {
         .route("/v1/events", get(events::events))
         .route("/v1/images", post(images::import).get(images::list))
         .route("/v1/images/{*reference}", get(images::show))
+        .route(
+            "/v1/users",
+            post(session::create_user).get(session::list_users),
+        )
+        .route(
+            "/v1/users/{name}",
+            axum::routing::delete(session::delete_user),
+        )
+        .route("/v1/users/{name}/password", put(session::set_password))
+        .route("/v1/quota", get(quota::show))
+        .route("/v1/policies", get(quota::list_policies))
+        .route(
+            "/v1/policies/{holder}",
+            put(quota::put_policy).delete(quota::delete_policy),
+        )
+        .route(
+            "/v1/delegations",
+            post(quota::create_delegation).get(quota::list_delegations),
+        )
+        .route(
+            "/v1/delegations/{id}",
+            axum::routing::delete(quota::revoke_delegation),
+        )
+        .route("/v1/certificates", post(certs::sign))
+        .route(
+            "/v1/certificates/revoked",
+            post(certs::revoke).get(certs::list_revoked),
+        )
+        .route("/v1/audit", get(audit::list))
+        .route_layer(axum::middleware::from_fn_with_state(
+            control.clone(),
+            guard::authenticate,
+        ));
+    public
+        .merge(protected)
         .fallback(not_found_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            control.clone(),
+            guard::audit,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(control)
 }
@@ -70,6 +124,12 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
+    pub fn unauthenticated(e: crate::auth::AuthError) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
     pub fn no_vm(name: &str) -> Self {
         Self::not_found(format!(
             "no VM named {name:?}; list VMs with `pitwall vm list`"
@@ -88,7 +148,17 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"pitwall\""),
+            );
+        }
+        response
+            .extensions_mut()
+            .insert(guard::ErrorCode(self.code));
+        response
     }
 }
 
@@ -100,6 +170,12 @@ impl From<StoreError> for ApiError {
             }
             StoreError::NoSuchVm(n) => Self::no_vm(&n),
             StoreError::NoSuchImage(_) => Self::not_found(e.to_string()),
+            StoreError::QuotaExceeded(_) => Self::new(
+                StatusCode::FORBIDDEN,
+                "quota_exceeded",
+                format!("{e}; delete a VM you no longer need, or ask an administrator for more (see `pitwall quota show`)"),
+            ),
+            StoreError::NoSuchDelegation(_) => Self::not_found(e.to_string()),
             StoreError::Corrupt(_) => Self::internal(e.to_string()),
             _ => Self::unavailable(format!("the store is unavailable: {e}; retry shortly")),
         }
@@ -145,6 +221,7 @@ pub(crate) fn vm_json(vm: &VmRecord) -> pitwall_api::Vm {
         desired_state: vm.desired.to_string(),
         generation: vm.generation,
         owner: vm.owner.clone(),
+        group: vm.group.clone(),
         host: vm.host.clone(),
         reason: vm.reason.clone(),
         created_at: rfc3339(vm.created_at),

@@ -6,6 +6,8 @@
 //! messages on a `pitwall-bus` transport. It never links host-side crates and never needs
 //! root.
 #![forbid(unsafe_code)]
+// The OpenAPI document is one `json!` literal (openapi.rs), deeper than the default limit.
+#![recursion_limit = "512"]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ mod openapi;
 mod reconcile;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 
 pub use hosts::HostInfo;
 
@@ -93,6 +96,7 @@ pub struct Control {
 
 struct Inner {
     cfg: ControlConfig,
+    auth: Arc<auth::Auth>,
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     sender: String,
@@ -112,6 +116,7 @@ impl Control {
         cfg: ControlConfig,
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
+        auth: auth::Auth,
     ) -> Result<Control, ControlError> {
         let reply_key = pitwall_proto::routing::reply_key(&cfg.replica)
             .map_err(|e| ControlError::Config(format!("replica name: {e}")))?;
@@ -128,6 +133,7 @@ impl Control {
                 sender: format!("control/{}", cfg.replica),
                 reply_key,
                 cfg,
+                auth: Arc::new(auth),
                 store,
                 bus,
                 events,

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 fn err_responses() -> Value {
     json!({
         "400": {"$ref": "#/components/responses/Error"},
+        "401": {"$ref": "#/components/responses/Error"},
+        "403": {"$ref": "#/components/responses/Error"},
         "404": {"$ref": "#/components/responses/Error"},
         "409": {"$ref": "#/components/responses/Error"},
         "503": {"$ref": "#/components/responses/Error"}
@@ -21,16 +23,72 @@ fn ok(schema: &str, status: &str) -> Value {
 }
 
 fn name_param() -> Value {
-    json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "VM name"})
+    json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "VM name, or OWNER:NAME"})
+}
+
+fn body(schema: &str) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+fn no_content() -> Value {
+    let mut r = err_responses();
+    r["204"] = json!({"description": "Done"});
+    r
+}
+
+/// Public operations carry `security: []`.
+fn public(mut op: Value) -> Value {
+    op["security"] = json!([]);
+    op
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}, "description": description})
 }
 
 pub(crate) fn document() -> Value {
     json!({
         "openapi": "3.1.0",
-        "info": {"title": "Pitwall API", "version": "v1", "description": "Lightweight VMs from OCI images. Errors are {\"error\": {\"code\", \"message\"}}."},
+        "info": {"title": "Pitwall API", "version": "v1", "description": "Lightweight VMs from OCI images. Errors are {\"error\": {\"code\", \"message\"}}. Every operation needs a bearer JWT (or a client certificate on the mTLS listener) unless it says `security: []`; another user's VM answers 404."},
+        "security": [{"bearer": []}, {"clientCertificate": []}],
         "paths": {
-            "/healthz": {"get": {"summary": "Liveness and the hosts heard from", "responses": ok("Health", "200")}},
-            "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI document"}}}},
+            "/healthz": {"get": public(json!({"summary": "Liveness and the hosts heard from", "responses": ok("Health", "200")}))},
+            "/v1/openapi.json": {"get": public(json!({"summary": "This document", "responses": {"200": {"description": "OpenAPI document"}}}))},
+            "/v1/auth/config": {"get": public(json!({"summary": "How to log in: issuer, audience, built-in or device authorization endpoints", "responses": ok("AuthConfig", "200")}))},
+            "/v1/auth/login": {"post": public(json!({"summary": "Log in to the built-in issuer with a username and password", "requestBody": body("LoginRequest"), "responses": ok("TokenResponse", "200")}))},
+            "/v1/auth/refresh": {"post": public(json!({"summary": "Trade a built-in refresh token for new tokens", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["refresh_token"], "properties": {"refresh_token": {"type": "string"}}}}}}, "responses": ok("TokenResponse", "200")}))},
+            "/v1/whoami": {"get": {"summary": "The identity of this request", "responses": ok("WhoAmI", "200")}},
+            "/v1/users": {
+                "post": {"summary": "Create a local user (admins; built-in issuer)", "requestBody": body("CreateUserRequest"), "responses": ok("User", "201")},
+                "get": {"summary": "List local users (admins; built-in issuer)", "responses": ok("UserList", "200")}
+            },
+            "/v1/users/{name}": {"parameters": [path_param("name", "username")], "delete": {"summary": "Delete a local user; their tokens stop working at once (admins)", "responses": no_content()}},
+            "/v1/users/{name}/password": {"parameters": [path_param("name", "username")], "put": {"summary": "Change a password (the user, or an admin)", "requestBody": body("SetPasswordRequest"), "responses": no_content()}},
+            "/v1/quota": {
+                "parameters": [{"name": "user", "in": "query", "required": false, "schema": {"type": "string"}}, {"name": "group", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "get": {"summary": "A holder's policy and usage (own and own groups'; admins any)", "responses": ok("Quota", "200")}
+            },
+            "/v1/policies": {"get": {"summary": "Root policies (admins)", "responses": ok("PolicyList", "200")}},
+            "/v1/policies/{holder}": {
+                "parameters": [path_param("holder", "user:NAME, group:NAME or default")],
+                "put": {"summary": "Set a root policy (admins)", "requestBody": body("Policy"), "responses": ok("PolicyEntry", "200")},
+                "delete": {"summary": "Remove a root policy (admins)", "responses": no_content()}
+            },
+            "/v1/delegations": {
+                "post": {"summary": "Delegate part of your policy (or of a delegation you hold) to a user or group", "requestBody": body("CreateDelegationRequest"), "responses": ok("Delegation", "201")},
+                "get": {"summary": "Delegations you made, received, or that are cut from your policy", "responses": ok("DelegationList", "200")}
+            },
+            "/v1/delegations/{id}": {"parameters": [path_param("id", "delegation id")], "delete": {"summary": "Revoke a delegation at once (grantor, owner of the root policy, admins)", "responses": ok("Delegation", "200")}},
+            "/v1/certificates": {"post": {"summary": "Have the deployment CA sign a client certificate with a policy within yours", "requestBody": body("SignCertificateRequest"), "responses": ok("SignedCertificate", "201")}},
+            "/v1/certificates/ca": {"get": public(json!({"summary": "The deployment CA certificate (PEM)", "responses": {"200": {"description": "PEM", "content": {"application/x-pem-file": {}}}}}))},
+            "/v1/certificates/revoked": {
+                "post": {"summary": "Revoke a certificate serial at once", "requestBody": body("RevokeCertificateRequest"), "responses": no_content()},
+                "get": {"summary": "The revoked serials", "responses": {"200": {"description": "{\"revoked\": [{serial, revoked_by, reason, revoked_at}]}"}}}
+            },
+            "/v1/audit": {
+                "parameters": [{"name": "after", "in": "query", "required": false, "schema": {"type": "integer"}}, {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}, {"name": "actor", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "get": {"summary": "The audit log of state-changing requests (admins all; others their own)", "responses": ok("AuditList", "200")}
+            },
             "/v1/vms": {
                 "post": {"summary": "Create a VM (boots it unless start=false)",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateVmRequest"}}}},
@@ -71,8 +129,33 @@ pub(crate) fn document() -> Value {
             }
         },
         "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "clientCertificate": {"type": "mutualTLS", "description": "A client certificate chain issued under the deployment CA, with Pitwall policy extensions (mTLS listener only)"}
+            },
             "responses": {"Error": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
             "schemas": {
+                "AuthConfig": {"type": "object", "properties": {"issuer": {"type": "string"}, "audience": {"type": "string"}, "builtin": {"type": "boolean"}, "client_id": {"type": "string"}, "device_authorization_endpoint": {"type": "string"}, "token_endpoint": {"type": "string"}, "scope": {"type": "string"}, "resource": {"type": "string"}}},
+                "LoginRequest": {"type": "object", "required": ["username", "password"], "additionalProperties": false, "properties": {"username": {"type": "string"}, "password": {"type": "string"}}},
+                "TokenResponse": {"type": "object", "properties": {"access_token": {"type": "string"}, "token_type": {"type": "string"}, "expires_in": {"type": "integer"}, "refresh_token": {"type": "string"}}},
+                "WhoAmI": {"type": "object", "properties": {"username": {"type": "string"}, "subject": {"type": "string"}, "roles": {"type": "array", "items": {"type": "string"}}, "groups": {"type": "array", "items": {"type": "string"}}, "admin": {"type": "boolean"}, "via": {"type": "string"}}},
+                "CreateUserRequest": {"type": "object", "required": ["username", "password"], "additionalProperties": false, "properties": {"username": {"type": "string"}, "password": {"type": "string", "minLength": 12}, "roles": {"type": "array", "items": {"type": "string"}}, "groups": {"type": "array", "items": {"type": "string"}}}},
+                "User": {"type": "object", "properties": {"username": {"type": "string"}, "roles": {"type": "array", "items": {"type": "string"}}, "groups": {"type": "array", "items": {"type": "string"}}, "admin": {"type": "boolean"}, "disabled": {"type": "boolean"}, "created_at": {"type": "string", "format": "date-time"}}},
+                "UserList": {"type": "object", "properties": {"users": {"type": "array", "items": {"$ref": "#/components/schemas/User"}}}},
+                "SetPasswordRequest": {"type": "object", "required": ["password"], "additionalProperties": false, "properties": {"password": {"type": "string"}}},
+                "Policy": {"type": "object", "additionalProperties": false, "description": "Absent limits are unlimited; absent lists allow any", "properties": {"max_vms": {"type": "integer"}, "max_vcpus": {"type": "integer"}, "max_memory_mib": {"type": "integer"}, "max_disk_mib": {"type": "integer"}, "networks": {"type": "array", "items": {"type": "string"}}, "hosts": {"type": "array", "items": {"type": "string"}}}},
+                "Usage": {"type": "object", "properties": {"vms": {"type": "integer"}, "vcpus": {"type": "integer"}, "memory_mib": {"type": "integer"}, "disk_mib": {"type": "integer"}}},
+                "Quota": {"type": "object", "properties": {"holder": {"type": "string"}, "source": {"type": "string"}, "policy": {"$ref": "#/components/schemas/Policy"}, "usage": {"$ref": "#/components/schemas/Usage"}}},
+                "PolicyEntry": {"type": "object", "properties": {"holder": {"type": "string"}, "policy": {"$ref": "#/components/schemas/Policy"}}},
+                "PolicyList": {"type": "object", "properties": {"policies": {"type": "array", "items": {"$ref": "#/components/schemas/PolicyEntry"}}}},
+                "CreateDelegationRequest": {"type": "object", "required": ["to", "policy"], "additionalProperties": false, "properties": {"to": {"type": "string", "description": "user:NAME or group:NAME"}, "policy": {"$ref": "#/components/schemas/Policy"}, "from": {"type": "string", "description": "id of a delegation you hold to cut this one from"}}},
+                "Delegation": {"type": "object", "properties": {"id": {"type": "string"}, "parent": {"type": "string"}, "to": {"type": "string"}, "policy": {"$ref": "#/components/schemas/Policy"}, "created_by": {"type": "string"}, "created_at": {"type": "string"}, "revoked_at": {"type": ["string", "null"]}, "usage": {"$ref": "#/components/schemas/Usage"}}},
+                "DelegationList": {"type": "object", "properties": {"delegations": {"type": "array", "items": {"$ref": "#/components/schemas/Delegation"}}}},
+                "SignCertificateRequest": {"type": "object", "required": ["csr_pem", "policy"], "additionalProperties": false, "properties": {"csr_pem": {"type": "string"}, "policy": {"$ref": "#/components/schemas/Policy"}, "ca": {"type": "boolean", "default": false}, "validity": {"type": "string", "default": "30d"}}},
+                "SignedCertificate": {"type": "object", "properties": {"serial": {"type": "string"}, "certificate_pem": {"type": "string"}, "chain_pem": {"type": "string"}, "not_after": {"type": "string"}}},
+                "RevokeCertificateRequest": {"type": "object", "required": ["serial"], "additionalProperties": false, "properties": {"serial": {"type": "string"}, "reason": {"type": "string"}, "chain_pem": {"type": "string", "description": "required unless an admin: the chain holding the serial"}}},
+                "AuditEntry": {"type": "object", "properties": {"seq": {"type": "integer"}, "at": {"type": "string"}, "actor": {"type": "string"}, "via": {"type": "string"}, "source": {"type": "string"}, "method": {"type": "string"}, "path": {"type": "string"}, "action": {"type": "string"}, "status": {"type": "integer"}, "outcome": {"type": "string"}}},
+                "AuditList": {"type": "object", "properties": {"entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}}},
                 "VmState": {"type": "string", "enum": ["PENDING","CREATING","STARTING","RUNNING","STOPPING","STOPPED","DELETING","DELETED","FAILED","LOST"]},
                 "CreateVmRequest": {"type": "object", "required": ["name", "image"], "additionalProperties": false, "properties": {
                     "name": {"type": "string", "pattern": "^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"},
@@ -80,13 +163,15 @@ pub(crate) fn document() -> Value {
                     "vcpus": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1},
                     "memory_mib": {"type": "integer", "minimum": 64, "maximum": 131072, "default": 256},
                     "disk_mib": {"type": "integer", "minimum": 16, "maximum": 1048576, "default": 1024},
-                    "start": {"type": "boolean", "default": true}}},
+                    "start": {"type": "boolean", "default": true},
+                    "group": {"type": "string", "description": "share with a group you are in; charged to its policy"},
+                    "delegation": {"type": "string", "description": "charge to a delegation you hold"}}},
                 "Vm": {"type": "object", "properties": {
                     "id": {"type": "string"}, "name": {"type": "string"}, "image": {"type": "string"},
                     "vcpus": {"type": "integer"}, "memory_mib": {"type": "integer"}, "disk_mib": {"type": "integer"},
                     "state": {"$ref": "#/components/schemas/VmState"},
                     "desired_state": {"type": "string", "enum": ["RUNNING", "STOPPED", "DELETED"]},
-                    "generation": {"type": "integer"}, "owner": {"type": "string"},
+                    "generation": {"type": "integer"}, "owner": {"type": "string"}, "group": {"type": ["string", "null"]},
                     "host": {"type": ["string", "null"]}, "reason": {"type": ["string", "null"]},
                     "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
                 "VmList": {"type": "object", "properties": {"vms": {"type": "array", "items": {"$ref": "#/components/schemas/Vm"}}}},
@@ -100,29 +185,48 @@ pub(crate) fn document() -> Value {
                     "reason": {"type": ["string", "null"]}, "at": {"type": "string", "format": "date-time"}}},
                 "Health": {"type": "object", "properties": {"status": {"type": "string"}, "version": {"type": "string"}, "hosts": {"type": "array", "items": {"type": "string"}}}},
                 "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                    "code": {"type": "string", "enum": ["invalid_argument","not_found","already_exists","conflict","timeout","vm_failed","invalid_image","unavailable","internal","method_not_allowed"]},
+                    "code": {"type": "string", "enum": ["invalid_argument","not_found","already_exists","conflict","ambiguous","timeout","vm_failed","invalid_image","unavailable","internal","method_not_allowed","unauthenticated","forbidden","quota_exceeded","external_issuer"]},
                     "message": {"type": "string"}}}}}
             }
         }
     })
 }
 
+/// Every route the router serves, as written in `api::router`.
+#[cfg(test)]
+pub(crate) const ROUTES: &[(&str, &[&str])] = &[
+    ("/healthz", &["get"]),
+    ("/v1/openapi.json", &["get"]),
+    ("/v1/auth/config", &["get"]),
+    ("/v1/auth/login", &["post"]),
+    ("/v1/auth/refresh", &["post"]),
+    ("/v1/whoami", &["get"]),
+    ("/v1/users", &["post", "get"]),
+    ("/v1/users/{name}", &["delete"]),
+    ("/v1/users/{name}/password", &["put"]),
+    ("/v1/quota", &["get"]),
+    ("/v1/policies", &["get"]),
+    ("/v1/policies/{holder}", &["put", "delete"]),
+    ("/v1/delegations", &["post", "get"]),
+    ("/v1/delegations/{id}", &["delete"]),
+    ("/v1/certificates", &["post"]),
+    ("/v1/certificates/ca", &["get"]),
+    ("/v1/certificates/revoked", &["post", "get"]),
+    ("/v1/audit", &["get"]),
+    ("/v1/vms", &["post", "get"]),
+    ("/v1/vms/{name}", &["get", "delete"]),
+    ("/v1/vms/{name}/start", &["post"]),
+    ("/v1/vms/{name}/stop", &["post"]),
+    ("/v1/vms/{name}/wait", &["get"]),
+    ("/v1/vms/{name}/console", &["get"]),
+    ("/v1/events", &["get"]),
+    ("/v1/images", &["post", "get"]),
+    ("/v1/images/{reference}", &["get"]),
+];
+
 #[cfg(test)]
 mod tests {
-    /// Every route the router serves, as written in `api::router`.
-    const ROUTES: &[(&str, &[&str])] = &[
-        ("/healthz", &["get"]),
-        ("/v1/openapi.json", &["get"]),
-        ("/v1/vms", &["post", "get"]),
-        ("/v1/vms/{name}", &["get", "delete"]),
-        ("/v1/vms/{name}/start", &["post"]),
-        ("/v1/vms/{name}/stop", &["post"]),
-        ("/v1/vms/{name}/wait", &["get"]),
-        ("/v1/vms/{name}/console", &["get"]),
-        ("/v1/events", &["get"]),
-        ("/v1/images", &["post", "get"]),
-        ("/v1/images/{reference}", &["get"]),
-    ];
+    use super::ROUTES;
 
     #[test]
     fn document_describes_exactly_the_routes() {
@@ -145,6 +249,22 @@ mod tests {
                 src.contains(&format!("\"{route}\"")),
                 "{route} not routed in api.rs"
             );
+        }
+    }
+
+    #[test]
+    fn exactly_the_public_routes_are_marked_public() {
+        let doc = super::document();
+        let paths = doc["paths"].as_object().unwrap();
+        for (path, methods) in ROUTES {
+            for m in *methods {
+                let public = paths[*path][*m].get("security") == Some(&serde_json::json!([]));
+                assert_eq!(
+                    public,
+                    crate::api::guard::PUBLIC.contains(path),
+                    "{m} {path}: public in the document = {public}"
+                );
+            }
         }
     }
 }

@@ -38,6 +38,13 @@ pub(crate) struct Harness {
     pub control: Control,
     pub bus: InProcessBus,
     pub host: FakeHost,
+    /// The built-in issuer the control plane trusts.
+    pub issuer: Arc<crate::auth::issuer::BuiltinIssuer>,
+    /// A token of the bootstrapped `admin`: what [`Harness::call`] and its helpers send.
+    pub admin_token: String,
+    /// Every state-changing call made through [`Harness::call`] / [`Harness::call_as`]:
+    /// method, path, status (see [`Harness::assert_every_mutation_audited`]).
+    mutations: std::sync::Mutex<Vec<(String, String, u16)>>,
     dir: TempDir,
 }
 
@@ -65,7 +72,23 @@ impl Harness {
             .put_image(&image_record(IMAGE, HOST))
             .await
             .expect("put image");
-        let control = Control::start(cfg, store.clone(), Arc::new(bus.clone()))
+        let (issuer, boot) = crate::auth::issuer::BuiltinIssuer::open(
+            &dir.path().join("issuer"),
+            store.clone(),
+            "https://pitwall.test".into(),
+            "pitwall".into(),
+        )
+        .await
+        .expect("built-in issuer opens");
+        let boot = boot.expect("admin bootstrapped");
+        let admin_token = issuer
+            .login(&boot.username, &boot.password)
+            .await
+            .expect("admin logs in")
+            .access_token;
+        let issuer = Arc::new(issuer);
+        let auth = crate::auth::Auth::builtin(issuer.clone(), pitwall_core::Policy::unlimited());
+        let control = Control::start(cfg, store.clone(), Arc::new(bus.clone()), auth)
             .await
             .expect("control plane starts");
         host.heartbeat(Vec::new()).await;
@@ -73,6 +96,9 @@ impl Harness {
             control,
             bus,
             host,
+            issuer,
+            admin_token,
+            mutations: std::sync::Mutex::new(Vec::new()),
             dir,
         };
         let hosts = &h.control.inner.hosts;
@@ -93,15 +119,82 @@ impl Harness {
         self.control.inner.hosts.expire(HOST);
     }
 
+    /// Call as the admin.
     pub async fn call(&self, method: Method, uri: &str, body: Body) -> Reply {
-        call(&self.control, method, uri, body).await
+        self.call_as(Some(&self.admin_token.clone()), method, uri, body)
+            .await
     }
 
-    /// Start a call in another task (for calls that wait on the fake host).
+    /// Call with `token` (`None`: no Authorization header).
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        uri: &str,
+        body: Body,
+    ) -> Reply {
+        let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let m = method.to_string();
+        let reply = call(&self.control, token, method, uri, body).await;
+        if mutating {
+            let path = uri.split('?').next().unwrap_or(uri).to_string();
+            self.mutations
+                .lock()
+                .expect("mutations lock")
+                .push((m, path, reply.status.as_u16()));
+        }
+        reply
+    }
+
+    /// Every state-changing call this harness made has its audit row (method, path, status).
+    pub async fn assert_every_mutation_audited(&self) {
+        let rows = self
+            .control
+            .inner
+            .store
+            .audit_since(0, 100_000, None)
+            .await
+            .expect("audit log");
+        let audited: Vec<(String, String, u16)> = rows
+            .iter()
+            .map(|r| (r.method.clone(), r.path.clone(), r.status))
+            .collect();
+        let made = self.mutations.lock().expect("mutations lock").clone();
+        assert!(!made.is_empty(), "no state-changing call was made");
+        let mut remaining = audited.clone();
+        for call in &made {
+            let Some(i) = remaining.iter().position(|r| r == call) else {
+                panic!("no audit row for {call:?}; rows: {audited:?}");
+            };
+            remaining.swap_remove(i);
+        }
+    }
+
+    /// Create a local user with these groups and return a token of theirs.
+    pub async fn user(&self, name: &str, groups: &[&str]) -> String {
+        let password = format!("{name}-password-long-enough");
+        self.issuer
+            .create_user(
+                name,
+                &password,
+                vec![],
+                groups.iter().map(|g| g.to_string()).collect(),
+            )
+            .await
+            .expect("user created");
+        self.issuer
+            .login(name, &password)
+            .await
+            .expect("user logs in")
+            .access_token
+    }
+
+    /// Start a call (as the admin) in another task (for calls that wait on the fake host).
     pub fn spawn_call(&self, method: Method, uri: &str, body: Body) -> JoinHandle<Reply> {
         let control = self.control.clone();
         let uri = uri.to_owned();
-        tokio::spawn(async move { call(&control, method, &uri, body).await })
+        let token = self.admin_token.clone();
+        tokio::spawn(async move { call(&control, Some(&token), method, &uri, body).await })
     }
 
     pub async fn get(&self, uri: &str) -> Reply {
@@ -185,14 +278,22 @@ impl Harness {
     }
 }
 
-/// Call the API of `control` in-process.
-pub(crate) async fn call(control: &Control, method: Method, uri: &str, body: Body) -> Reply {
-    let req = Request::builder()
+/// Call the API of `control` in-process, with `token` as the bearer token.
+pub(crate) async fn call(
+    control: &Control,
+    token: Option<&str>,
+    method: Method,
+    uri: &str,
+    body: Body,
+) -> Reply {
+    let mut req = Request::builder()
         .method(method)
         .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .expect("request");
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req.body(body).expect("request");
     let resp = control.router().oneshot(req).await.expect("infallible");
     let status = resp.status();
     let content_type = resp
@@ -401,6 +502,7 @@ pub(crate) fn image_record(reference: &str, host: &str) -> ImageRecord {
         size_bytes: 4096,
         config: serde_json::json!({ "Cmd": ["/bin/sh"] }),
         host: host.to_owned(),
+        owner: "admin".to_owned(),
         created_at: OffsetDateTime::now_utc(),
     }
 }

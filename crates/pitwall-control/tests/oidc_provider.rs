@@ -5,114 +5,40 @@
 //! Needs `node` and the fixture's `node_modules` (`scripts/setup.sh` installs them); without
 //! them these tests fail and say so.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pitwall_control::auth::jwt::{Validator, ValidatorConfig};
 use pitwall_control::auth::oidc::OidcKeySource;
 use pitwall_control::auth::{AuthError, Principal};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use pitwall_testkit::oidc::OidcProvider;
 
 const AUDIENCE: &str = "pitwall";
 
-/// A running `oidc-provider`, killed when dropped.
-struct Provider {
-    issuer: String,
-    http: reqwest::Client,
-    _child: Child,
-}
+/// The fixture, with the validation pieces these tests build on it.
+struct Provider(OidcProvider);
 
 impl Provider {
     async fn start() -> Self {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/oidc");
-        assert!(
-            dir.join("node_modules/oidc-provider").is_dir(),
-            "{} has no node_modules/oidc-provider: run scripts/setup.sh (it runs `npm install` there; needs node and npm)",
-            dir.display()
-        );
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run `node` ({e}): install Node.js 20+ and run scripts/setup.sh")
-            });
-        // Through the test harness, so the provider's warnings show only when a test fails.
-        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stderr.next_line().await {
-                eprintln!("oidc-provider: {line}");
-            }
-        });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let port = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.expect("read provider stdout") {
-                if let Some(port) = line.strip_prefix("listening ") {
-                    return port.trim().parse::<u16>().expect("port number");
-                }
-            }
-            panic!("the OIDC provider exited before listening (its stderr is above)");
-        })
-        .await
-        .expect("the OIDC provider did not start listening within 30 s");
-        // Keep draining stdout so the provider never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self {
-            issuer: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
-            _child: child,
-        }
+        Self(OidcProvider::start().await.expect("the OIDC provider"))
+    }
+
+    fn issuer(&self) -> &str {
+        self.0.issuer()
     }
 
     /// A JWT access token for client `pitwall-cli` whose `aud` is `audience`.
     async fn token(&self, audience: &str) -> String {
-        let response: serde_json::Value = self
-            .http
-            .post(format!("{}/token", self.issuer))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", "pitwall-cli"),
-                ("client_secret", "pitwall-secret"),
-                ("resource", &format!("urn:{audience}")),
-            ])
-            .send()
-            .await
-            .expect("token request")
-            .error_for_status()
-            .expect("token endpoint answers 200")
-            .json()
-            .await
-            .expect("token response is JSON");
-        response["access_token"]
-            .as_str()
-            .expect("access_token in the response")
-            .to_owned()
+        self.0.token(audience).await.expect("a provider token")
     }
 
     /// Signs new tokens with a fresh key (the old one stays published); returns its kid.
     async fn rotate(&self) -> String {
-        let response: serde_json::Value = self
-            .http
-            .post(format!("{}/__rotate", self.issuer))
-            .send()
-            .await
-            .expect("rotate request")
-            .json()
-            .await
-            .expect("rotate response is JSON");
-        response["kid"].as_str().expect("kid").to_owned()
+        self.0.rotate().await.expect("key rotation")
     }
 
     async fn keys(&self, min_refresh_interval: Duration) -> Arc<OidcKeySource> {
-        let source = OidcKeySource::discover(&self.issuer, self.http.clone())
+        let source = OidcKeySource::discover(self.issuer(), self.0.http().clone())
             .await
             .expect("discovery")
             .with_min_refresh_interval(min_refresh_interval);
@@ -121,7 +47,7 @@ impl Provider {
 
     fn validator(&self, keys: Arc<OidcKeySource>) -> Arc<Validator> {
         Arc::new(Validator::new(
-            ValidatorConfig::new(self.issuer.clone(), AUDIENCE),
+            ValidatorConfig::new(self.issuer(), AUDIENCE),
             keys,
         ))
     }
@@ -154,6 +80,7 @@ async fn provider_token_is_accepted_and_mapped() {
             ],
             groups: vec!["/ops".into(), "/ops/oncall".into()],
             is_admin: true,
+            via: pitwall_control::auth::Via::Token,
         }
     );
 }
@@ -171,8 +98,11 @@ async fn provider_token_for_another_audience_is_refused() {
 #[tokio::test]
 async fn discovery_refuses_an_issuer_spelt_differently() {
     let provider = Provider::start().await;
-    let result =
-        OidcKeySource::discover(&format!("{}/", provider.issuer), provider.http.clone()).await;
+    let result = OidcKeySource::discover(
+        &format!("{}/", provider.issuer()),
+        provider.0.http().clone(),
+    )
+    .await;
     match result {
         Err(AuthError::KeySource(message)) => assert!(
             message.contains("names the issuer"),

@@ -8,11 +8,13 @@
 
 pub mod image_ref;
 pub mod name;
+pub mod policy;
 pub mod spec;
 pub mod state;
 
 pub use image_ref::{ImageRef, ImageRefError};
 pub use name::{NameError, VmName};
+pub use policy::{ExceedsParent, OverQuota, Policy, Usage};
 pub use spec::{SpecError, VmSpec, LIMITS};
 pub use state::{DesiredState, TransitionError, VmState};
 

@@ -1,8 +1,10 @@
-//! Pitwall's control-plane store: VMs (desired and actual state with generations), images
-//! known to the cluster, the event log, and the local users of the built-in issuer. The [`Store`] trait is what the control plane
-//! uses; [`sqlite::SqliteStore`] is the embedded default (a file, or `:memory:` in unit
-//! tests). The schema is plain SQL that fits PostgreSQL too (no SQLite-only types), so a
-//! PostgreSQL implementation can share the migrations' shape.
+//! Pitwall's control-plane store: VMs (desired and actual state with generations, owner,
+//! group and charge path), images known to the cluster, the event log, the local users of the
+//! built-in issuer, resource policies and their delegations, revoked client certificates, and
+//! the audit log. The [`Store`] trait is what the control plane uses; [`sqlite::SqliteStore`]
+//! is the embedded default (a file, or `:memory:` in unit tests). The schema is plain SQL
+//! that fits PostgreSQL too (no SQLite-only types), so a PostgreSQL implementation can share
+//! the migrations' shape.
 //!
 //! The store never decides lifecycle rules itself beyond what keeps it consistent: it refuses
 //! a status report whose transition `pitwall-core` forbids, and one older than what it holds.
@@ -14,7 +16,7 @@
 #![forbid(unsafe_code)]
 
 use async_trait::async_trait;
-use pitwall_core::{DesiredState, TransitionError, VmId, VmSpec, VmState};
+use pitwall_core::{DesiredState, Policy, TransitionError, Usage, VmId, VmSpec, VmState};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -32,6 +34,12 @@ pub enum StoreError {
     NoSuchUser(String),
     #[error("no image {0:?}")]
     NoSuchImage(String),
+    /// A create would take a policy holder beyond its quota; the string says which holder
+    /// and which limits (from [`QuotaCheck::label`] and [`pitwall_core::OverQuota`]).
+    #[error("quota exceeded for {0}")]
+    QuotaExceeded(String),
+    #[error("no delegation {0}")]
+    NoSuchDelegation(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error(
@@ -53,7 +61,14 @@ pub enum StoreError {
 pub struct VmRecord {
     pub id: VmId,
     pub spec: VmSpec,
+    /// Username of the principal the VM belongs to.
     pub owner: String,
+    /// Group the VM is shared with: its members see and change it like the owner.
+    pub group: Option<String>,
+    /// Charge path: the policy holders the VM counts against, root first, each segment
+    /// followed by `/`: `/user:alice/`, `/group:ops/`, `/user:alice/d:<uuid>/`. See
+    /// [`pitwall_core::policy`].
+    pub charge: String,
     /// Host the VM is placed on; `None` until scheduled.
     pub host: Option<String>,
     pub desired: DesiredState,
@@ -79,10 +94,13 @@ impl VmRecord {
         desired: DesiredState,
         now: OffsetDateTime,
     ) -> Self {
+        let owner = owner.into();
         Self {
             id,
             spec,
-            owner: owner.into(),
+            charge: format!("/user:{owner}/"),
+            owner,
+            group: None,
             host: None,
             desired,
             generation: 1,
@@ -107,6 +125,8 @@ pub struct ImageRecord {
     pub config: serde_json::Value,
     /// Host holding the built image.
     pub host: String,
+    /// Username of whoever imported it (only they or an admin may replace or remove it).
+    pub owner: String,
     pub created_at: OffsetDateTime,
 }
 
@@ -132,10 +152,83 @@ pub struct EventRecord {
     pub seq: u64,
     pub vm_id: VmId,
     pub vm_name: String,
+    /// The VM's owner and group (read from the VM, not kept per event), so readers can show
+    /// each principal only the events of VMs it may see.
+    pub owner: String,
+    pub group: Option<String>,
     pub state: VmState,
     pub generation: u64,
     pub reason: Option<String>,
     pub at: OffsetDateTime,
+}
+
+/// One quota to check in the transaction that creates a VM: the VMs (not DELETED) whose
+/// charge path starts with `prefix`, plus the new one, must fit `policy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaCheck {
+    /// For the error message: whose policy this is, e.g. `user alice` or `delegation 0193…`.
+    pub label: String,
+    /// A charge-path prefix ending in `/`, e.g. `/user:alice/`.
+    pub prefix: String,
+    pub policy: Policy,
+}
+
+/// A share of a policy holder's policy given to another principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegationRecord {
+    pub id: uuid::Uuid,
+    /// Charge path of the holder it is cut from (`/user:alice/`, or a delegation's path).
+    /// Its own path is `parent` + `d:<id>/`.
+    pub parent: String,
+    /// Who receives it: `user:NAME` or `group:NAME`.
+    pub grantee: String,
+    pub policy: Policy,
+    /// Username of who created it.
+    pub created_by: String,
+    pub created_at: OffsetDateTime,
+    /// Set once revoked; a revoked delegation (and everything below it) no longer admits
+    /// anything.
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl DelegationRecord {
+    /// The charge path of VMs created under this delegation.
+    pub fn path(&self) -> String {
+        format!("{}d:{}/", self.parent, self.id)
+    }
+}
+
+/// A revoked client certificate, by serial number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedCertificate {
+    /// Serial number, lower-case hex without separators.
+    pub serial: String,
+    pub revoked_by: String,
+    pub reason: Option<String>,
+    pub revoked_at: OffsetDateTime,
+}
+
+/// One state-changing request (or failed attempt), as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Monotonic sequence number, starting at 1 (ignored by [`Store::append_audit`]).
+    pub seq: u64,
+    pub at: OffsetDateTime,
+    /// Username, or `-` when the request carried no valid identity.
+    pub actor: String,
+    /// How the actor proved who it is: `token`, `certificate <serial>`, or `-`.
+    pub via: String,
+    /// Peer address of the request (`ip:port`).
+    pub source: String,
+    pub method: String,
+    /// The request path as sent.
+    pub path: String,
+    /// The route it matched, e.g. `POST /v1/vms/{name}/stop`; empty when none matched.
+    pub action: String,
+    /// HTTP status of the answer.
+    pub status: u16,
+    /// `ok`, or the error code of the answer (`not_found`, `quota_exceeded`, …).
+    pub outcome: String,
 }
 
 /// Outcome of [`Store::record_status`].
@@ -157,16 +250,23 @@ pub enum StatusOutcome {
 pub trait Store: Send + Sync + 'static {
     /// Insert a new VM (state PENDING, desired as given, generation 1, state_generation 0, no
     /// reason: those fields of `vm` are not read, see [`VmRecord::new`]). Fails with
-    /// [`StoreError::NameTaken`] when a VM of that name exists and is not DELETED. Appends a
-    /// PENDING event in the same transaction.
-    async fn create_vm(&self, vm: &VmRecord) -> Result<(), StoreError>;
+    /// [`StoreError::NameTaken`] when the same owner has a VM of that name that is not
+    /// DELETED (names are unique per owner), and with [`StoreError::QuotaExceeded`] (naming
+    /// the first check's label and what it exceeds) when any of `quotas` would not admit the
+    /// VM. The quotas are checked and the VM inserted in one serialised transaction, so
+    /// concurrent creates can never exceed a quota together. Appends a PENDING event in the
+    /// same transaction.
+    async fn create_vm(&self, vm: &VmRecord, quotas: &[QuotaCheck]) -> Result<(), StoreError>;
 
-    /// The live (not DELETED) VM of that name.
-    async fn get_vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError>;
+    /// Every live (not DELETED) VM of that name, whoever owns it, ordered by owner.
+    async fn vms_named(&self, name: &str) -> Result<Vec<VmRecord>, StoreError>;
+
+    /// What the VMs (not DELETED) whose charge path starts with `prefix` hold.
+    async fn usage(&self, prefix: &str) -> Result<Usage, StoreError>;
 
     async fn get_vm_by_id(&self, id: VmId) -> Result<Option<VmRecord>, StoreError>;
 
-    /// Every VM not DELETED, by name.
+    /// Every VM not DELETED, by name then owner.
     async fn list_vms(&self) -> Result<Vec<VmRecord>, StoreError>;
 
     /// Set the desired state and bump the generation atomically; returns the updated record.
@@ -219,6 +319,57 @@ pub trait Store: Send + Sync + 'static {
 
     /// Remove a user; returns whether it existed.
     async fn delete_user(&self, username: &str) -> Result<bool, StoreError>;
+
+    /// Set the policy of a root holder: `user:NAME`, `group:NAME`, or `default` (users
+    /// without a policy of their own). Replaces any earlier one.
+    async fn put_policy(&self, holder: &str, policy: &Policy) -> Result<(), StoreError>;
+
+    async fn get_policy(&self, holder: &str) -> Result<Option<Policy>, StoreError>;
+
+    /// Every root policy, by holder.
+    async fn list_policies(&self) -> Result<Vec<(String, Policy)>, StoreError>;
+
+    /// Remove a root policy; returns whether it existed.
+    async fn delete_policy(&self, holder: &str) -> Result<bool, StoreError>;
+
+    async fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError>;
+
+    async fn get_delegation(&self, id: uuid::Uuid) -> Result<Option<DelegationRecord>, StoreError>;
+
+    /// Every delegation, revoked ones included, oldest first (by `created_at`, then id).
+    async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError>;
+
+    /// Mark a delegation revoked at `at` (once: a second call keeps the first time). Fails
+    /// with [`StoreError::NoSuchDelegation`] for an unknown id.
+    async fn revoke_delegation(
+        &self,
+        id: uuid::Uuid,
+        at: OffsetDateTime,
+    ) -> Result<DelegationRecord, StoreError>;
+
+    /// Record a certificate serial as revoked (idempotent: the first record stays).
+    async fn revoke_certificate(&self, revoked: &RevokedCertificate) -> Result<(), StoreError>;
+
+    /// The first of `serials` that is revoked, if any.
+    async fn revoked_among(
+        &self,
+        serials: &[String],
+    ) -> Result<Option<RevokedCertificate>, StoreError>;
+
+    /// Every revoked certificate, oldest revocation first (then by serial).
+    async fn list_revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError>;
+
+    /// Append an audit record (its `seq` is ignored); returns the sequence number given.
+    async fn append_audit(&self, record: &AuditRecord) -> Result<u64, StoreError>;
+
+    /// Audit records with `seq > after`, oldest first, at most `limit`; only `actor`'s when
+    /// given.
+    async fn audit_since(
+        &self,
+        after: u64,
+        limit: u32,
+        actor: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
 }
 
 /// The rule of [`Store::record_status`], shared by every implementation: `None` when the report

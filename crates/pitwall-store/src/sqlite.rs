@@ -12,14 +12,20 @@
 //! upgrade to a write lock later, and two of those can deadlock (`SQLITE_BUSY` without waiting
 //! for the busy timeout). Writers therefore queue on the lock (for up to [`BUSY_TIMEOUT`]) and
 //! see each other's committed work; readers are never blocked (WAL). A PostgreSQL store gets the
-//! same effect with `SELECT … FOR UPDATE` in its transactions.
+//! same effect with `SELECT … FOR UPDATE` in its transactions. Quotas rely on it: `create_vm`
+//! sums the usage under each quota's charge prefix and inserts in one such transaction (a
+//! PostgreSQL store needs a lock per charge root, e.g. a transaction-level advisory lock, as
+//! `FOR UPDATE` cannot lock the rows that do not exist yet).
+//!
+//! Submodules: `identity` (policies, delegations, revoked certificates, audit log) and
+//! `decode` (reading rows back, reporting corrupt values).
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pitwall_core::{DesiredState, ImageRef, VmId, VmName, VmSpec, VmState};
+use pitwall_core::{DesiredState, ImageRef, Policy, Usage, VmId, VmName, VmSpec, VmState};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -30,9 +36,14 @@ use time::format_description::BorrowedFormatItem;
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::{
-    judge_status, kept_reason, EventRecord, ImageRecord, StatusOutcome, Store, StoreError,
-    UserRecord, VmRecord,
+    judge_status, kept_reason, AuditRecord, DelegationRecord, EventRecord, ImageRecord, QuotaCheck,
+    RevokedCertificate, StatusOutcome, Store, StoreError, UserRecord, VmRecord,
 };
+
+mod decode;
+mod identity;
+
+use decode::{decode_event, decode_image, decode_user, decode_vm, Cells};
 
 /// How long a writer waits for SQLite's write lock before giving up with "database is locked".
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,40 +64,43 @@ const TIMESTAMP: &[BorrowedFormatItem<'static>] = time::macros::format_descripti
 
 macro_rules! vm_columns {
     () => {
-        "id, name, owner, image, vcpus, memory_mib, disk_mib, host, desired, generation, state, \
-         state_generation, reason, created_at, updated_at"
+        "id, name, owner, vm_group, charge, image, vcpus, memory_mib, disk_mib, host, desired, \
+         generation, state, state_generation, reason, created_at, updated_at"
     };
 }
 
 macro_rules! image_columns {
     () => {
-        "reference, digest, size_bytes, config, host, created_at"
-    };
-}
-
-macro_rules! event_columns {
-    () => {
-        "seq, vm_id, vm_name, state, generation, reason, at"
+        "reference, digest, size_bytes, config, host, owner, created_at"
     };
 }
 
 const SELECT_VM_BY_ID: &str = concat!("SELECT ", vm_columns!(), " FROM vms WHERE id = ?");
-const SELECT_LIVE_VM_BY_NAME: &str = concat!(
+const SELECT_LIVE_VMS_BY_NAME: &str = concat!(
     "SELECT ",
     vm_columns!(),
-    " FROM vms WHERE name = ? AND state <> 'DELETED'"
+    " FROM vms WHERE name = ? AND state <> 'DELETED' ORDER BY owner"
 );
 const LIST_LIVE_VMS: &str = concat!(
     "SELECT ",
     vm_columns!(),
-    " FROM vms WHERE state <> 'DELETED' ORDER BY name"
+    " FROM vms WHERE state <> 'DELETED' ORDER BY name, owner"
 );
-const LIVE_NAME_EXISTS: &str = "SELECT 1 FROM vms WHERE name = ? AND state <> 'DELETED'";
+const LIVE_NAME_EXISTS: &str =
+    "SELECT 1 FROM vms WHERE owner = ? AND name = ? AND state <> 'DELETED'";
 const INSERT_VM: &str = concat!(
     "INSERT INTO vms (",
     vm_columns!(),
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
+/// What the live VMs charged under a prefix hold. The prefix is bound twice; `substr` rather
+/// than `LIKE` so that `_` and `%` in names match only themselves. The casts keep PostgreSQL's
+/// SUM (NUMERIC over BIGINT) a BIGINT.
+const USAGE_UNDER: &str = "SELECT COUNT(*) AS vms, \
+     CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus, \
+     CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT) AS memory_mib, \
+     CAST(COALESCE(SUM(disk_mib), 0) AS BIGINT) AS disk_mib \
+     FROM vms WHERE state <> 'DELETED' AND substr(charge, 1, length(?)) = ?";
 const SET_DESIRED: &str = concat!(
     "UPDATE vms SET desired = ?, generation = generation + 1, updated_at = ? WHERE id = ? \
      RETURNING ",
@@ -100,17 +114,17 @@ const APPLY_STATUS: &str = concat!(
 );
 const INSERT_EVENT: &str =
     "INSERT INTO events (vm_id, vm_name, state, generation, reason, at) VALUES (?, ?, ?, ?, ?, ?)";
-const EVENTS_SINCE: &str = concat!(
-    "SELECT ",
-    event_columns!(),
-    " FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
-);
+/// Events with the owner and group of their VM (read from the VM, not kept per event). A left
+/// join, so that an event without its VM reads as corrupt rather than vanishing.
+const EVENTS_SINCE: &str = "SELECT e.seq, e.vm_id, e.vm_name, e.state, e.generation, e.reason, \
+     e.at, v.owner, v.vm_group FROM events e LEFT JOIN vms v ON v.id = e.vm_id \
+     WHERE e.seq > ? ORDER BY e.seq LIMIT ?";
 const PUT_IMAGE: &str = concat!(
     "INSERT INTO images (",
     image_columns!(),
-    ") VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (reference) DO UPDATE SET digest = excluded.digest, \
-     size_bytes = excluded.size_bytes, config = excluded.config, host = excluded.host, \
-     created_at = excluded.created_at"
+    ") VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reference) DO UPDATE SET \
+     digest = excluded.digest, size_bytes = excluded.size_bytes, config = excluded.config, \
+     host = excluded.host, owner = excluded.owner, created_at = excluded.created_at"
 );
 const GET_IMAGE: &str = concat!(
     "SELECT ",
@@ -214,12 +228,20 @@ impl SqliteStore {
 
 /// Semantics, for every implementation of [`Store`] (the suite in `tests/suite/` pins them):
 ///
-/// - `create_vm` inserts the VM as PENDING at generation 1 with `state_generation` 0 and no
-///   reason, and appends its PENDING event, in one transaction. A live (not DELETED) VM of the
-///   same name makes it fail with [`StoreError::NameTaken`] and change nothing (the partial
-///   unique index `vms_live_name` decides, so concurrent creates cannot both win).
-/// - `get_vm` and `list_vms` (ordered by name) see only VMs that are not DELETED: a deleted
-///   VM's name is free for a new VM. `get_vm_by_id` sees every VM, DELETED included.
+/// - `create_vm` checks the quotas in order, then inserts the VM as PENDING at generation 1
+///   with `state_generation` 0 and no reason, and appends its PENDING event, all in one write
+///   transaction (`BEGIN IMMEDIATE`), so concurrent creates are checked one after the other
+///   and can never exceed a quota together. A check fails when the live VMs charged under its
+///   prefix plus the new one exceed its policy (`Policy::admits`): [`StoreError::QuotaExceeded`]
+///   with `"<label>: <what is exceeded>"`, nothing changed. The quotas are checked before the
+///   name. A live (not DELETED) VM of the same owner and name makes it fail with
+///   [`StoreError::NameTaken`] and change nothing (the partial unique index
+///   `vms_live_owner_name` decides); other owners' VMs of that name do not matter.
+/// - `vms_named` (ordered by owner), `list_vms` (ordered by name, then owner) and `usage` see
+///   only VMs that are not DELETED: a deleted VM's name is free for a new VM of its owner, and
+///   it no longer counts against any quota. `get_vm_by_id` sees every VM, DELETED included.
+/// - `usage(prefix)` sums the live VMs whose charge path starts with `prefix`, compared
+///   character by character (`_` and `%` are not wildcards).
 /// - `set_desired` sets the desired state and bumps the generation in one statement; `set_host`
 ///   sets the host. Both fail with [`StoreError::NoSuchVm`] for an unknown id.
 /// - `record_status` reads the VM and decides in one write transaction, so concurrent reports
@@ -231,27 +253,54 @@ impl SqliteStore {
 ///   reason (kept for FAILED, STOPPED and LOST only), `updated_at`, and appends an event. Nothing
 ///   changes when refused.
 /// - `events_since` returns events with `seq > after` in `seq` order, at most `limit`; `seq`
-///   starts at 1 and grows with every event, in commit order.
+///   starts at 1 and grows with every event, in commit order. Owner and group are the VM's
+///   as held now (not kept per event).
 /// - Images: `put_image` inserts or replaces by reference, `list_images` orders by reference,
 ///   `delete_image` says whether the image existed.
 /// - Users: `create_user` fails with [`StoreError::UserTaken`] when the username exists (the
 ///   primary key decides); `list_users` orders by username; `set_user_password` fails with
 ///   [`StoreError::NoSuchUser`] for an unknown user; `delete_user` says whether it existed.
 ///   Roles and groups are stored as JSON arrays.
+/// - Policies: `put_policy` inserts or replaces by holder, `list_policies` orders by holder,
+///   `delete_policy` says whether it existed. Policies are stored as JSON.
+/// - Delegations: `list_delegations` orders by `created_at`, then id; `revoke_delegation` sets
+///   `revoked_at` only when unset (the first revocation's time stays) and returns the record,
+///   or fails with [`StoreError::NoSuchDelegation`]. Creating one with an id that exists is a
+///   [`StoreError::Database`] error (ids are fresh UUIDs: a caller's bug).
+/// - Revoked certificates: `revoke_certificate` keeps the first record of a serial;
+///   `revoked_among` returns the revoked one that comes first in the slice;
+///   `list_revoked_certificates` orders by `revoked_at`, then serial.
+/// - Audit: `append_audit` assigns `seq` like events (from 1, in commit order) and returns it;
+///   `audit_since` is like `events_since`, for one actor when given.
 /// - A stored value that does not decode (an unknown state, a malformed id, name, image
 ///   reference, timestamp or JSON, a negative count) is [`StoreError::Corrupt`] naming the table,
 ///   row and column.
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
+    async fn create_vm(&self, vm: &VmRecord, quotas: &[QuotaCheck]) -> Result<(), StoreError> {
         let name = vm.spec.name.as_str();
         let created_at = encode_time("created_at", vm.created_at)?;
         let updated_at = encode_time("updated_at", vm.updated_at)?;
         let mut tx = self.begin_write().await?;
+        // Under the write lock: no other create can commit between these reads and the insert.
+        let wanted = Usage::of(&vm.spec);
+        for check in quotas {
+            let used = usage_under(&mut tx, &check.prefix).await?;
+            if let Err(over) = check.policy.admits(used, wanted) {
+                tx.rollback().await?;
+                tracing::debug!(vm = name, owner = %vm.owner, quota = %check.label, %over, "create refused: over quota");
+                return Err(StoreError::QuotaExceeded(format!(
+                    "{}: {over}",
+                    check.label
+                )));
+            }
+        }
         let inserted = sqlx::query(INSERT_VM)
             .bind(vm.id.to_string())
             .bind(name)
             .bind(&vm.owner)
+            .bind(vm.group.as_deref())
+            .bind(&vm.charge)
             .bind(vm.spec.image.to_string())
             .bind(i64::from(vm.spec.vcpus))
             .bind(i64::from(vm.spec.memory_mib))
@@ -270,12 +319,13 @@ impl Store for SqliteStore {
             // A unique violation is either the live name or (a caller's bug) a reused id.
             if is_unique_violation(&e) {
                 let live = sqlx::query(LIVE_NAME_EXISTS)
+                    .bind(&vm.owner)
                     .bind(name)
                     .fetch_optional(&mut *tx)
                     .await?;
                 tx.rollback().await?;
                 if live.is_some() {
-                    tracing::debug!(vm = name, "create refused: name taken");
+                    tracing::debug!(vm = name, owner = %vm.owner, "create refused: name taken");
                     return Err(StoreError::NameTaken(name.to_string()));
                 }
             }
@@ -283,16 +333,21 @@ impl Store for SqliteStore {
         }
         insert_event(&mut tx, vm.id, name, VmState::Pending, 1, None).await?;
         tx.commit().await?;
-        tracing::debug!(vm_id = %vm.id, vm = name, owner = %vm.owner, "VM created");
+        tracing::debug!(vm_id = %vm.id, vm = name, owner = %vm.owner, charge = %vm.charge, "VM created");
         Ok(())
     }
 
-    async fn get_vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
-        let row = sqlx::query(SELECT_LIVE_VM_BY_NAME)
+    async fn vms_named(&self, name: &str) -> Result<Vec<VmRecord>, StoreError> {
+        let rows = sqlx::query(SELECT_LIVE_VMS_BY_NAME)
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await?;
-        row.as_ref().map(decode_vm).transpose()
+        rows.iter().map(decode_vm).collect()
+    }
+
+    async fn usage(&self, prefix: &str) -> Result<Usage, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        usage_under(&mut conn, prefix).await
     }
 
     async fn get_vm_by_id(&self, id: VmId) -> Result<Option<VmRecord>, StoreError> {
@@ -404,6 +459,7 @@ impl Store for SqliteStore {
             .bind(to_bigint("size_bytes", image.size_bytes)?)
             .bind(image.config.to_string())
             .bind(&image.host)
+            .bind(&image.owner)
             .bind(encode_time("created_at", image.created_at)?)
             .execute(&self.pool)
             .await?;
@@ -491,6 +547,92 @@ impl Store for SqliteStore {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+
+    // Policies, delegations, revoked certificates and the audit log: sqlite/identity.rs.
+
+    async fn put_policy(&self, holder: &str, policy: &Policy) -> Result<(), StoreError> {
+        identity::put_policy(&self.pool, holder, policy).await
+    }
+
+    async fn get_policy(&self, holder: &str) -> Result<Option<Policy>, StoreError> {
+        identity::get_policy(&self.pool, holder).await
+    }
+
+    async fn list_policies(&self) -> Result<Vec<(String, Policy)>, StoreError> {
+        identity::list_policies(&self.pool).await
+    }
+
+    async fn delete_policy(&self, holder: &str) -> Result<bool, StoreError> {
+        identity::delete_policy(&self.pool, holder).await
+    }
+
+    async fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
+        identity::create_delegation(&self.pool, d).await
+    }
+
+    async fn get_delegation(&self, id: uuid::Uuid) -> Result<Option<DelegationRecord>, StoreError> {
+        identity::get_delegation(&self.pool, id).await
+    }
+
+    async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
+        identity::list_delegations(&self.pool).await
+    }
+
+    async fn revoke_delegation(
+        &self,
+        id: uuid::Uuid,
+        at: OffsetDateTime,
+    ) -> Result<DelegationRecord, StoreError> {
+        identity::revoke_delegation(&self.pool, id, at).await
+    }
+
+    async fn revoke_certificate(&self, revoked: &RevokedCertificate) -> Result<(), StoreError> {
+        identity::revoke_certificate(&self.pool, revoked).await
+    }
+
+    async fn revoked_among(
+        &self,
+        serials: &[String],
+    ) -> Result<Option<RevokedCertificate>, StoreError> {
+        identity::revoked_among(&self.pool, serials).await
+    }
+
+    async fn list_revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError> {
+        identity::list_revoked_certificates(&self.pool).await
+    }
+
+    async fn append_audit(&self, record: &AuditRecord) -> Result<u64, StoreError> {
+        identity::append_audit(&self.pool, record).await
+    }
+
+    async fn audit_since(
+        &self,
+        after: u64,
+        limit: u32,
+        actor: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        identity::audit_since(&self.pool, after, limit, actor).await
+    }
+}
+
+/// What the live VMs whose charge path starts with `prefix` hold, read on `conn` (inside the
+/// create transaction, or on its own).
+async fn usage_under(conn: &mut sqlx::SqliteConnection, prefix: &str) -> Result<Usage, StoreError> {
+    let row = sqlx::query(USAGE_UNDER)
+        .bind(prefix)
+        .bind(prefix)
+        .fetch_one(conn)
+        .await?;
+    let c = Cells {
+        row: &row,
+        at: format!("usage of vms charged under {prefix:?}"),
+    };
+    Ok(Usage {
+        vms: c.unsigned("vms")?,
+        vcpus: c.unsigned("vcpus")?,
+        memory_mib: c.unsigned("memory_mib")?,
+        disk_mib: c.unsigned("disk_mib")?,
+    })
 }
 
 fn encode_strings(what: &str, values: &[String]) -> Result<String, StoreError> {
@@ -543,168 +685,6 @@ fn encode_time(what: &str, at: OffsetDateTime) -> Result<String, StoreError> {
         .filter(|t| (0..=9999).contains(&t.year()))
         .ok_or_else(|| unstorable(what, format_args!("{at} is outside years 0000-9999")))?;
     utc.format(TIMESTAMP).map_err(|e| unstorable(what, e))
-}
-
-/// Reads the columns of one row, reporting what does not decode as [`StoreError::Corrupt`]
-/// with the table, row and column.
-struct Cells<'r> {
-    row: &'r SqliteRow,
-    at: String,
-}
-
-impl<'r> Cells<'r> {
-    fn corrupt(&self, column: &str, detail: impl std::fmt::Display) -> StoreError {
-        StoreError::Corrupt(format!("{}, column {column}: {detail}", self.at))
-    }
-
-    fn get<T>(&self, column: &str) -> Result<T, StoreError>
-    where
-        T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-    {
-        self.row.try_get(column).map_err(|e| match e {
-            sqlx::Error::ColumnDecode { source, .. } => self.corrupt(column, source),
-            other => StoreError::Database(other),
-        })
-    }
-
-    fn unsigned<T: TryFrom<i64>>(&self, column: &str) -> Result<T, StoreError> {
-        let value: i64 = self.get(column)?;
-        T::try_from(value)
-            .map_err(|_| self.corrupt(column, format_args!("{value} is out of range")))
-    }
-
-    fn time(&self, column: &str) -> Result<OffsetDateTime, StoreError> {
-        let text: String = self.get(column)?;
-        OffsetDateTime::parse(&text, &Rfc3339).map_err(|e| {
-            self.corrupt(
-                column,
-                format_args!("{text:?} is not an RFC 3339 time: {e}"),
-            )
-        })
-    }
-
-    fn state(&self, column: &str) -> Result<VmState, StoreError> {
-        let text: String = self.get(column)?;
-        VmState::parse(&text)
-            .ok_or_else(|| self.corrupt(column, format_args!("{text:?} is not a VM state")))
-    }
-}
-
-fn decode_vm(row: &SqliteRow) -> Result<VmRecord, StoreError> {
-    let raw_id: String = Cells {
-        row,
-        at: "vms row".into(),
-    }
-    .get("id")?;
-    let c = Cells {
-        row,
-        at: format!("vms row {raw_id}"),
-    };
-    let id = VmId::parse_str(&raw_id).map_err(|e| c.corrupt("id", e))?;
-    let name: String = c.get("name")?;
-    let name = VmName::parse(&name).map_err(|e| c.corrupt("name", e))?;
-    let image: String = c.get("image")?;
-    let image = ImageRef::parse(&image).map_err(|e| c.corrupt("image", e))?;
-    let desired: String = c.get("desired")?;
-    let desired = DesiredState::parse(&desired).ok_or_else(|| {
-        c.corrupt(
-            "desired",
-            format_args!("{desired:?} is not a desired state"),
-        )
-    })?;
-    Ok(VmRecord {
-        id,
-        spec: VmSpec {
-            name,
-            image,
-            vcpus: c.unsigned("vcpus")?,
-            memory_mib: c.unsigned("memory_mib")?,
-            disk_mib: c.unsigned("disk_mib")?,
-        },
-        owner: c.get("owner")?,
-        host: c.get("host")?,
-        desired,
-        generation: c.unsigned("generation")?,
-        state: c.state("state")?,
-        state_generation: c.unsigned("state_generation")?,
-        reason: c.get("reason")?,
-        created_at: c.time("created_at")?,
-        updated_at: c.time("updated_at")?,
-    })
-}
-
-fn decode_event(row: &SqliteRow) -> Result<EventRecord, StoreError> {
-    let seq: i64 = Cells {
-        row,
-        at: "events row".into(),
-    }
-    .get("seq")?;
-    let c = Cells {
-        row,
-        at: format!("events row seq={seq}"),
-    };
-    let raw_id: String = c.get("vm_id")?;
-    Ok(EventRecord {
-        seq: u64::try_from(seq).map_err(|_| c.corrupt("seq", "negative"))?,
-        vm_id: VmId::parse_str(&raw_id).map_err(|e| c.corrupt("vm_id", e))?,
-        vm_name: c.get("vm_name")?,
-        state: c.state("state")?,
-        generation: c.unsigned("generation")?,
-        reason: c.get("reason")?,
-        at: c.time("at")?,
-    })
-}
-
-fn decode_image(row: &SqliteRow) -> Result<ImageRecord, StoreError> {
-    let reference: String = Cells {
-        row,
-        at: "images row".into(),
-    }
-    .get("reference")?;
-    let c = Cells {
-        row,
-        at: format!("images row {reference}"),
-    };
-    let config: String = c.get("config")?;
-    Ok(ImageRecord {
-        config: serde_json::from_str(&config)
-            .map_err(|e| c.corrupt("config", format_args!("not JSON: {e}")))?,
-        digest: c.get("digest")?,
-        size_bytes: c.unsigned("size_bytes")?,
-        host: c.get("host")?,
-        created_at: c.time("created_at")?,
-        reference,
-    })
-}
-
-fn decode_user(row: &SqliteRow) -> Result<UserRecord, StoreError> {
-    let username: String = Cells {
-        row,
-        at: "users row".into(),
-    }
-    .get("username")?;
-    let c = Cells {
-        row,
-        at: format!("users row {username}"),
-    };
-    let strings = |column: &str| -> Result<Vec<String>, StoreError> {
-        let text: String = c.get(column)?;
-        serde_json::from_str(&text)
-            .map_err(|e| c.corrupt(column, format_args!("not a JSON array of strings: {e}")))
-    };
-    let disabled: i64 = c.get("disabled")?;
-    Ok(UserRecord {
-        password_hash: c.get("password_hash")?,
-        roles: strings("roles")?,
-        groups: strings("groups")?,
-        disabled: match disabled {
-            0 => false,
-            1 => true,
-            other => return Err(c.corrupt("disabled", format_args!("{other} is not 0 or 1"))),
-        },
-        created_at: c.time("created_at")?,
-        username,
-    })
 }
 
 #[cfg(test)]

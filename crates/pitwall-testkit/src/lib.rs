@@ -11,6 +11,8 @@ use anyhow::{bail, Context};
 
 pub use pitwall_api::Client;
 
+pub mod oidc;
+
 /// Where Debian's `busybox-static` puts its binary.
 pub const BUSYBOX: &str = "/bin/busybox";
 
@@ -121,12 +123,21 @@ pub struct Daemon {
     pub api: String,
     pub port: u16,
     pub log: PathBuf,
+    /// Extra environment of the daemon (`PITWALL_*` settings).
+    pub env: Vec<(String, String)>,
+    /// A token of the bootstrapped `admin` (read from `DATA/admin-credentials`).
+    admin_token: Option<String>,
 }
 
 impl Daemon {
     /// Start a daemon in a fresh temporary data directory and wait until it serves and a
     /// host has joined.
     pub async fn start() -> anyhow::Result<Daemon> {
+        Self::start_with_env(Vec::new()).await
+    }
+
+    /// [`Daemon::start`] with extra `PITWALL_*` environment.
+    pub async fn start_with_env(env: Vec<(String, String)>) -> anyhow::Result<Daemon> {
         let tmp = tempfile::Builder::new().prefix("pitwall-test-").tempdir()?;
         let data = tmp.path().to_path_buf();
         let mut d = Daemon {
@@ -136,9 +147,49 @@ impl Daemon {
             api: String::new(),
             port: free_port(),
             log: PathBuf::new(),
+            env,
+            admin_token: None,
         };
         d.spawn().await?;
         Ok(d)
+    }
+
+    /// The admin's one-time password, as `pitwalld` wrote it on first start.
+    pub fn admin_password(&self) -> anyhow::Result<String> {
+        let path = self.data_dir.join("admin-credentials");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("password="))
+            .map(str::to_string)
+            .with_context(|| format!("no password= line in {}", path.display()))
+    }
+
+    /// A client logged in as `username`.
+    pub async fn login(&self, username: &str, password: &str) -> anyhow::Result<Client> {
+        let token = Client::new(&self.api)?
+            .login(&pitwall_api::LoginRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .with_context(|| format!("cannot log in as {username}"))?;
+        Ok(Client::new(&self.api)?.with_token(Some(token.access_token)))
+    }
+
+    /// Create a local user (as the admin) in `groups` and return a client logged in as them.
+    pub async fn user(&self, username: &str, groups: &[&str]) -> anyhow::Result<Client> {
+        let password = format!("{username}-password-for-tests");
+        self.client()?
+            .create_user(&pitwall_api::CreateUserRequest {
+                username: username.into(),
+                password: password.clone(),
+                roles: vec![],
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+            })
+            .await
+            .with_context(|| format!("cannot create user {username}"))?;
+        self.login(username, &password).await
     }
 
     /// Start (again) on the same data directory and port.
@@ -161,6 +212,7 @@ impl Daemon {
             .arg(&self.data_dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .env("PITWALL_CACHE_DIR", cache_dir())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "PITWALL_LOG",
                 "info,pitwall_host=debug,pitwall_control=debug",
@@ -184,6 +236,12 @@ impl Daemon {
             }
             if let Ok(h) = client.health().await {
                 if !h.hosts.is_empty() {
+                    // With an external issuer there is no built-in admin: `client()` stays
+                    // tokenless.
+                    if !self.env.iter().any(|(k, _)| k == "PITWALL_ISSUER") {
+                        let admin = self.login("admin", &self.admin_password()?).await?;
+                        self.admin_token = admin.token().map(str::to_string);
+                    }
                     return Ok(());
                 }
             }
@@ -197,7 +255,14 @@ impl Daemon {
         }
     }
 
+    /// A client of the API, logged in as the admin (without a token when the daemon uses an
+    /// external issuer, `PITWALL_ISSUER`).
     pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.api)?.with_token(self.admin_token.clone()))
+    }
+
+    /// A client of the API with no credentials.
+    pub fn anonymous(&self) -> anyhow::Result<Client> {
         Ok(Client::new(&self.api)?)
     }
 

@@ -17,6 +17,64 @@ pub struct Config {
     pub listen: String,
     pub host: HostSection,
     pub control: ControlSection,
+    pub auth: AuthSection,
+}
+
+/// Who may use the API (ARCHITECTURE §8).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// URL of an external OIDC issuer (Keycloak: `https://HOST/realms/REALM`). When set, the
+    /// built-in issuer is off and users log in there; when absent, pitwalld issues tokens
+    /// itself for local users and creates `admin` on first start.
+    pub issuer: Option<String>,
+    /// Audience tokens must carry (Keycloak: a client or an audience mapper).
+    pub audience: String,
+    /// OAuth client the CLI uses at the external issuer (device authorization grant).
+    pub client_id: String,
+    /// Scopes the CLI asks the external issuer for.
+    pub scope: String,
+    /// Resource indicator (RFC 8707) the CLI sends, for issuers that set `aud` from it.
+    pub resource: Option<String>,
+    /// Role that makes a user an administrator.
+    pub admin_role: String,
+    /// Where the username, roles and groups are read from in tokens (Keycloak's by default).
+    pub claims: pitwall_control::auth::jwt::ClaimMapping,
+    /// Lifetime of the built-in issuer's access tokens, e.g. "1h".
+    pub token_lifetime: String,
+    /// Policy of users and groups that have none of their own (until an administrator sets
+    /// a `default` one with `pitwall quota set default …`).
+    pub default_policy: pitwall_core::Policy,
+    /// Address of the mTLS listener that accepts client certificates (and bearer tokens)
+    /// as identities, e.g. "127.0.0.1:7443"; absent: no such listener.
+    pub tls_listen: Option<String>,
+    /// Names (DNS names or IP addresses) the mTLS listener's server certificate is for.
+    pub tls_names: Vec<String>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: "pitwall".into(),
+            client_id: "pitwall-cli".into(),
+            scope: "openid offline_access".into(),
+            resource: None,
+            admin_role: "pitwall-admin".into(),
+            claims: pitwall_control::auth::jwt::ClaimMapping::default(),
+            token_lifetime: "1h".into(),
+            default_policy: pitwall_core::Policy {
+                max_vms: Some(10),
+                max_vcpus: Some(20),
+                max_memory_mib: Some(20 * 1024),
+                max_disk_mib: Some(200 * 1024),
+                networks: None,
+                hosts: None,
+            },
+            tls_listen: None,
+            tls_names: vec!["localhost".into(), "127.0.0.1".into()],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -51,6 +109,7 @@ impl Default for Config {
             listen: "127.0.0.1:7070".into(),
             host: HostSection::default(),
             control: ControlSection::default(),
+            auth: AuthSection::default(),
         }
     }
 }
@@ -115,6 +174,18 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Resul
     }
     if let Some(v) = get("PITWALL_REPLICA") {
         cfg.control.replica = v;
+    }
+    if let Some(v) = get("PITWALL_ISSUER") {
+        cfg.auth.issuer = Some(v);
+    }
+    if let Some(v) = get("PITWALL_AUDIENCE") {
+        cfg.auth.audience = v;
+    }
+    if let Some(v) = get("PITWALL_CLIENT_ID") {
+        cfg.auth.client_id = v;
+    }
+    if let Some(v) = get("PITWALL_TLS_LISTEN") {
+        cfg.auth.tls_listen = Some(v);
     }
     Ok(cfg)
 }
@@ -209,6 +280,33 @@ mod tests {
         std::fs::write(&f, "lisen = \"x\"\n").unwrap();
         let e = format!("{:#}", load(Some(&f), &HashMap::new()).unwrap_err());
         assert!(e.contains("p.toml") && e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn auth_defaults_to_the_builtin_issuer_with_a_default_quota() {
+        let c = load(None, &HashMap::new()).unwrap();
+        assert_eq!(c.auth.issuer, None);
+        assert_eq!(c.auth.audience, "pitwall");
+        assert_eq!(c.auth.default_policy.max_vms, Some(10));
+        assert_eq!(c.auth.tls_listen, None);
+    }
+
+    #[test]
+    fn external_issuer_and_claims_come_from_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("p.toml");
+        std::fs::write(
+            &f,
+            "[auth]\nissuer = \"https://kc/realms/r\"\n[auth.claims]\ngroups = \"teams\"\n\
+             [auth.default_policy]\nmax_vms = 3\n",
+        )
+        .unwrap();
+        let c = load(Some(&f), &HashMap::new()).unwrap();
+        assert_eq!(c.auth.issuer.as_deref(), Some("https://kc/realms/r"));
+        assert_eq!(c.auth.claims.groups, "teams");
+        assert_eq!(c.auth.claims.username, "preferred_username");
+        assert_eq!(c.auth.default_policy.max_vms, Some(3));
+        assert_eq!(c.auth.default_policy.max_vcpus, None);
     }
 
     #[test]

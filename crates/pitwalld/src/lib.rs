@@ -3,6 +3,7 @@
 //! through the bus, exactly as they do when distributed.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 
 use std::collections::HashMap;
@@ -96,21 +97,55 @@ pub async fn run_all(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("cannot start the host")?;
 
+    let (auth, ca) = auth::build(&cfg, store.clone()).await?;
+    let tls_listener = match &cfg.auth.tls_listen {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (auth.tls_listen)"))?,
+        ),
+    };
+
     let mut ccfg = ControlConfig::new(cfg.control.replica.clone(), control_dir);
     ccfg.stop_timeout = config::duration("control.stop_timeout", &cfg.control.stop_timeout)?;
-    let control = Control::start(ccfg, store, bus)
+    let control = Control::start(ccfg, store, bus, auth)
         .await
         .context("cannot start the control plane")?;
 
     tracing::info!(%local, host = host.name(), "pitwalld all is ready");
+    if let Some(tls) = tls_listener {
+        let tls_local = tls.local_addr()?;
+        let server = pitwall_control::tls::server_config(&ca, &cfg.auth.tls_names)
+            .context("cannot set up the mTLS listener")?;
+        let router = control.router();
+        tokio::spawn(async move {
+            if let Err(e) = pitwall_control::tls::serve(
+                tls,
+                std::sync::Arc::new(server),
+                router,
+                shutdown_signal(),
+            )
+            .await
+            {
+                tracing::error!(error = %e, "the mTLS listener stopped");
+            }
+        });
+        println!("pitwalld: mTLS API listening on https://{tls_local} (client certificates or bearer tokens)");
+    }
     println!(
         "pitwalld: API listening on http://{local} (host {})",
         host.name()
     );
-    axum::serve(listener, control.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("API server failed")?;
+    axum::serve(
+        listener,
+        control
+            .router()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("API server failed")?;
     tracing::info!(
         "pitwalld stopping; running VMs keep running and are re-attached on the next start"
     );

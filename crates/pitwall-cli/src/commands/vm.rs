@@ -56,6 +56,8 @@ async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<()> {
         memory_mib: a.memory,
         disk_mib: a.disk,
         start: a.no_start.then_some(false),
+        group: a.group,
+        delegation: a.delegation,
     };
     let vm = ctx.client.create_vm(&req).await?;
     tracing::info!(vm = %vm.name, vm_id = %vm.id, state = %vm.state, "VM created");

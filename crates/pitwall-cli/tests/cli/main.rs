@@ -4,7 +4,9 @@
 // test code: a panic is a failed test, with its message
 #![allow(clippy::unwrap_used)]
 
+mod auth;
 mod mock_api;
+mod tls;
 
 use std::path::Path;
 
@@ -64,17 +66,18 @@ async fn vm_list_prints_an_aligned_table() {
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", run.stdout);
     assert!(
-        lines[0]
-            .starts_with("NAME   STATE     IMAGE            VCPUS   MEMORY   DISK   HOST     AGE"),
+        lines[0].starts_with(
+            "NAME   OWNER   STATE     IMAGE            VCPUS   MEMORY   DISK   HOST     AGE"
+        ),
         "{}",
         run.stdout
     );
-    assert!(
-        lines[1].starts_with("web    RUNNING   demo/hello:1.0   1       256MiB   1GiB   host-a   ")
-    );
-    assert!(
-        lines[2].starts_with("db     STOPPED   demo/hello:1.0   1       256MiB   1GiB   -        ")
-    );
+    assert!(lines[1].starts_with(
+        "web    ada     RUNNING   demo/hello:1.0   1       256MiB   1GiB   host-a   "
+    ));
+    assert!(lines[2].starts_with(
+        "db     ada     STOPPED   demo/hello:1.0   1       256MiB   1GiB   -        "
+    ));
 }
 
 #[tokio::test]
@@ -339,6 +342,93 @@ async fn a_malformed_config_file_is_named_in_the_error() {
         "{}",
         run.stderr
     );
+}
+
+#[tokio::test]
+async fn local_cert_commands_need_neither_the_api_nor_a_login() {
+    use pitwall_api::cert;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let f = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    // A broken config file: anything that resolves the endpoint fails on it.
+    std::fs::write(f("config.toml"), "api = 7070\n").unwrap();
+    let config = f("config.toml");
+    let env = [("PITWALL_CONFIG", config.as_str())];
+
+    // alice's first-level CA certificate, as the server would issue it
+    let (root, root_key) = cert::generate_root_ca("test CA", Duration::from_secs(86400)).unwrap();
+    let (alice_key, alice_csr) = cert::generate_key_and_csr("alice").unwrap();
+    let policy = pitwall_api::Policy {
+        max_vms: Some(3),
+        ..Default::default()
+    };
+    let alice = cert::sign_csr_as_root(
+        &alice_csr,
+        &root,
+        &root_key,
+        "alice",
+        &policy,
+        true,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    std::fs::write(f("alice.pem"), &alice.cert_pem).unwrap();
+    std::fs::write(f("alice.key"), alice_key).unwrap();
+
+    let run = pitwall(
+        &[
+            "cert",
+            "request",
+            "--name",
+            "bob",
+            "--key-out",
+            &f("bob.key"),
+            "--csr-out",
+            &f("bob.csr"),
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = pitwall(
+        &[
+            "cert",
+            "sign",
+            &f("bob.csr"),
+            "--with-cert",
+            &f("alice.pem"),
+            "--with-key",
+            &f("alice.key"),
+            "--out",
+            &f("bob.pem"),
+            "--max-vms",
+            "2",
+            "--validity",
+            "1h",
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("signed certificate "),
+        "{}",
+        run.stdout
+    );
+    let run = pitwall(&["cert", "show", &f("bob.pem"), "-o", "json"], &env).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let shown: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(shown[0]["subject"], "bob", "{shown}");
+    assert_eq!(shown[0]["issuer"], "alice", "{shown}");
+    assert_eq!(shown[0]["policy"]["max_vms"], 2, "{shown}");
+    assert_eq!(shown[1]["serial"], alice.serial_hex.as_str(), "{shown}");
+
+    // signing through the API does read the config, and says what is wrong with it
+    let run = pitwall(&["cert", "sign", &f("bob.csr"), "--out", &f("x.pem")], &env).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains(&config), "{}", run.stderr);
+    assert!(!Path::new(&f("x.pem")).exists());
 }
 
 #[tokio::test]

@@ -11,6 +11,12 @@
 //! VM `booting` has a console that grows by one line (`line N\n`) each time it is read, and
 //! is RUNNING until its console was read three times, STOPPED after. Other VMs' consoles say
 //! `hello from NAME\n`.
+//!
+//! Auth (built-in issuer): user `alice` with password `s3cret` logs in with token `tok-alice`
+//! (valid for an hour, refresh token `ref-alice`, which refreshes to `tok-alice-2`).
+//! `whoami` and `quota` answer 401 unauthenticated without a bearer token, and name the user
+//! after the token otherwise (`tok-NAME...` is NAME). Creating VM `huge` answers 403
+//! quota_exceeded. Every request's Authorization header is recorded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +30,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt as _;
-use pitwall_api::{CreateVmRequest, ErrorBody, ErrorDetail, Event, Health, Image, Vm, VmList};
+use pitwall_api::{
+    AuthConfig, CreateVmRequest, ErrorBody, ErrorDetail, Event, Health, Image, LoginRequest,
+    Policy, Quota, TokenResponse, Usage, Vm, VmList, WhoAmI,
+};
 
 #[derive(Debug, Clone)]
 pub struct Upload {
@@ -35,6 +44,7 @@ pub struct Upload {
 #[derive(Clone, Default)]
 struct Seen {
     calls: Arc<Mutex<Vec<String>>>,
+    auths: Arc<Mutex<Vec<Option<String>>>>,
     uploads: Arc<Mutex<Vec<Upload>>>,
     booting_console_reads: Arc<AtomicUsize>,
 }
@@ -55,6 +65,11 @@ impl MockApi {
             .route("/v1/vms/{name}/console", get(console))
             .route("/v1/images", post(import_image))
             .route("/v1/events", get(events))
+            .route("/v1/auth/config", get(auth_config))
+            .route("/v1/auth/login", post(login))
+            .route("/v1/auth/refresh", post(refresh))
+            .route("/v1/whoami", get(whoami))
+            .route("/v1/quota", get(quota))
             .layer(middleware::from_fn_with_state(seen.clone(), record))
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -68,6 +83,11 @@ impl MockApi {
         self.seen.calls.lock().unwrap().clone()
     }
 
+    /// The Authorization header of every request so far.
+    pub fn auths(&self) -> Vec<Option<String>> {
+        self.seen.auths.lock().unwrap().clone()
+    }
+
     pub fn uploads(&self) -> Vec<Upload> {
         self.seen.uploads.lock().unwrap().clone()
     }
@@ -78,6 +98,11 @@ async fn record(State(seen): State<Seen>, req: Request, next: Next) -> Response 
         .lock()
         .unwrap()
         .push(format!("{} {}", req.method(), req.uri()));
+    seen.auths.lock().unwrap().push(
+        req.headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned()),
+    );
     next.run(req).await
 }
 
@@ -93,6 +118,7 @@ pub fn vm(name: &str, state: &str) -> Vm {
         desired_state: state.into(),
         generation: 1,
         owner: "ada".into(),
+        group: None,
         host: (state == "RUNNING").then(|| "host-a".into()),
         reason: (state == "FAILED").then(|| "kernel panic: no init found".into()),
         created_at: "2025-01-01T00:00:00Z".into(),
@@ -141,6 +167,13 @@ async fn list_vms() -> Json<VmList> {
 }
 
 async fn create_vm(Json(req): Json<CreateVmRequest>) -> Response {
+    if req.name == "huge" {
+        return error(
+            StatusCode::FORBIDDEN,
+            "quota_exceeded",
+            "VM huge would use 64 vCPUs, over your quota of 8".into(),
+        );
+    }
     if known(&req.name).is_some() {
         return error(
             StatusCode::CONFLICT,
@@ -268,6 +301,108 @@ async fn import_image(
         config: serde_json::json!({ "cmd": ["/hello"] }),
         host: "host-a".into(),
         created_at: "2025-01-01T00:00:00Z".into(),
+    })
+    .into_response()
+}
+
+async fn auth_config() -> Json<AuthConfig> {
+    Json(AuthConfig {
+        issuer: "http://pitwall".into(),
+        audience: "pitwall".into(),
+        builtin: true,
+        client_id: None,
+        device_authorization_endpoint: None,
+        token_endpoint: None,
+        scope: None,
+        resource: None,
+    })
+}
+
+fn token(access: &str, refresh: &str) -> Response {
+    Json(TokenResponse {
+        access_token: access.into(),
+        token_type: "Bearer".into(),
+        expires_in: 3600,
+        refresh_token: Some(refresh.into()),
+    })
+    .into_response()
+}
+
+async fn login(Json(req): Json<LoginRequest>) -> Response {
+    if (req.username.as_str(), req.password.as_str()) != ("alice", "s3cret") {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "wrong user name or password".into(),
+        );
+    }
+    token("tok-alice", "ref-alice")
+}
+
+async fn refresh(Json(req): Json<serde_json::Value>) -> Response {
+    if req["refresh_token"] != "ref-alice" {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "the refresh token is not valid".into(),
+        );
+    }
+    token("tok-alice-2", "ref-alice")
+}
+
+/// The user a bearer token stands for: `tok-NAME[-...]` is NAME.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let name = value.strip_prefix("Bearer tok-")?;
+    Some(name.split('-').next().unwrap_or(name).to_owned())
+}
+
+fn unauthenticated() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "no valid token: log in with `pitwall login`".into(),
+    )
+}
+
+async fn whoami(headers: HeaderMap) -> Response {
+    match bearer(&headers) {
+        Some(name) => Json(WhoAmI {
+            username: name.clone(),
+            subject: format!("sub-{name}"),
+            roles: vec![],
+            groups: vec!["ops".into()],
+            admin: false,
+            via: "token".into(),
+        })
+        .into_response(),
+        None => unauthenticated(),
+    }
+}
+
+async fn quota(headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(name) = bearer(&headers) else {
+        return unauthenticated();
+    };
+    let holder = match (q.get("user"), q.get("group")) {
+        (Some(u), _) => format!("user:{u}"),
+        (None, Some(g)) => format!("group:{g}"),
+        (None, None) => format!("user:{name}"),
+    };
+    Json(Quota {
+        holder,
+        source: "default".into(),
+        policy: Policy {
+            max_vms: Some(4),
+            max_vcpus: Some(8),
+            ..Default::default()
+        },
+        usage: Usage {
+            vms: 1,
+            vcpus: 2,
+            memory_mib: 512,
+            disk_mib: 1024,
+        },
     })
     .into_response()
 }

@@ -22,6 +22,7 @@ pub(crate) struct EventsQuery {
 
 pub(crate) async fn events(
     State(c): State<Control>,
+    super::access::Caller(caller): super::access::Caller,
     headers: HeaderMap,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -52,7 +53,7 @@ pub(crate) async fn events(
             }
             for e in page {
                 after = e.seq;
-                if tx.send(e).await.is_err() {
+                if caller.can_see(&e.owner, e.group.as_deref()) && tx.send(e).await.is_err() {
                     return;
                 }
             }
@@ -62,7 +63,7 @@ pub(crate) async fn events(
                 Ok(e) if e.seq <= after => continue,
                 Ok(e) => {
                     after = e.seq;
-                    if tx.send(e).await.is_err() {
+                    if caller.can_see(&e.owner, e.group.as_deref()) && tx.send(e).await.is_err() {
                         return;
                     }
                 }
@@ -73,7 +74,8 @@ pub(crate) async fn events(
                     };
                     for e in page {
                         after = e.seq;
-                        if tx.send(e).await.is_err() {
+                        if caller.can_see(&e.owner, e.group.as_deref()) && tx.send(e).await.is_err()
+                        {
                             return;
                         }
                     }
@@ -169,7 +171,10 @@ mod tests {
         assert_eq!(states, ["PENDING", "CREATING", "STARTING", "RUNNING"]);
 
         // The stream replays the log, then follows live events.
-        let req = Request::get("/v1/events").body(Body::empty()).unwrap();
+        let req = Request::get("/v1/events")
+            .header(header::AUTHORIZATION, format!("Bearer {}", h.admin_token))
+            .body(Body::empty())
+            .unwrap();
         let resp = h.control.router().oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(
@@ -193,5 +198,56 @@ mod tests {
             ("b", "PENDING")
         );
         assert_eq!(followed[0].seq, seen[3].0 + 1);
+    }
+
+    #[tokio::test]
+    async fn a_user_streams_only_the_events_of_vms_they_may_see() {
+        let mut h = Harness::start().await;
+        let alice = h.user("alice", &[]).await;
+        let bob = h.user("bob", &[]).await;
+        for (token, name) in [(&alice, "a1"), (&bob, "b1"), (&alice, "a2"), (&bob, "b2")] {
+            let r = h
+                .call_as(
+                    Some(token),
+                    axum::http::Method::POST,
+                    "/v1/vms",
+                    Body::from(
+                        serde_json::json!({"name": name, "image": crate::testing::IMAGE})
+                            .to_string(),
+                    ),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+            h.host.next_vm_command().await;
+        }
+        let req = Request::get("/v1/events")
+            .header(header::AUTHORIZATION, format!("Bearer {bob}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = h.control.router().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let mut buf = String::new();
+        // Replay: bob's two PENDING events, none of alice's (they came in between).
+        let events = read_state_events(&mut body, &mut buf, 2).await;
+        let names: Vec<&str> = events.iter().map(|e| e.vm_name.as_str()).collect();
+        assert_eq!(names, ["b1", "b2"]);
+        // Live: alice's next VM is not sent; bob's is.
+        for (token, name) in [(&alice, "a3"), (&bob, "b3")] {
+            let r = h
+                .call_as(
+                    Some(token),
+                    axum::http::Method::POST,
+                    "/v1/vms",
+                    Body::from(
+                        serde_json::json!({"name": name, "image": crate::testing::IMAGE})
+                            .to_string(),
+                    ),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        }
+        let next = read_state_events(&mut body, &mut buf, 1).await;
+        assert_eq!(next[0].vm_name, "b3");
     }
 }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 
+use super::access::Caller;
 use super::{image_json, ApiError};
 use crate::Control;
 
@@ -30,6 +31,7 @@ pub(crate) struct ImportQuery {
 
 pub(crate) async fn import(
     State(c): State<Control>,
+    Caller(caller): Caller,
     q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<(StatusCode, Json<pitwall_api::Image>), ApiError> {
@@ -37,6 +39,15 @@ pub(crate) async fn import(
         q.map_err(|e| ApiError::invalid(format!("{}; use ?reference=NAME:TAG", e.body_text())))?;
     let reference = ImageRef::parse(&q.reference).map_err(|e| ApiError::invalid(e.to_string()))?;
     let reference = reference.to_string();
+    // Images are shared by the whole cluster; only whoever imported one (or an admin) may
+    // replace it, so nobody can swap what another user's VMs boot.
+    if let Some(existing) = c.inner.store.get_image(&reference).await? {
+        if existing.owner != caller.username && !caller.is_admin {
+            return Err(ApiError::forbidden(format!(
+                "image {reference} was imported by another user; import under another name"
+            )));
+        }
+    }
     let host = c
         .live_hosts()
         .into_iter()
@@ -88,6 +99,7 @@ pub(crate) async fn import(
         size_bytes: st.size_bytes,
         config,
         host: st.host,
+        owner: caller.username.clone(),
         created_at: OffsetDateTime::now_utc(),
     };
     c.inner.store.put_image(&record).await?;

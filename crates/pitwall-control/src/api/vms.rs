@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,6 +16,7 @@ use pitwall_store::VmRecord;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use super::access::{visible_vms, Caller, VisibleVm};
 use super::{json_body, vm_json, ApiError};
 use crate::Control;
 
@@ -27,6 +28,7 @@ const MAX_CONSOLE_BYTES: u32 = 4 * 1024 * 1024;
 
 pub(crate) async fn create(
     State(c): State<Control>,
+    Caller(caller): Caller,
     body: Result<Json<CreateVmRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<pitwall_api::Vm>), ApiError> {
     let req = json_body(body)?;
@@ -34,6 +36,9 @@ pub(crate) async fn create(
     let image = ImageRef::parse(&req.image).map_err(|e| ApiError::invalid(e.to_string()))?;
     let spec = VmSpec::new(name, image, req.vcpus, req.memory_mib, req.disk_mib)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let charge =
+        super::quota::charge_for(&c, &caller, req.group.as_deref(), req.delegation.as_deref())
+            .await?;
     let reference = spec.image.to_string();
     let Some(img) = c.inner.store.get_image(&reference).await? else {
         return Err(ApiError::not_found(format!(
@@ -47,6 +52,15 @@ pub(crate) async fn create(
             img.host
         )));
     }
+    if let Some(allowed) = &charge.hosts {
+        if !allowed.contains(&img.host) {
+            return Err(ApiError::forbidden(format!(
+                "image {reference} is on host {:?}, where your policy does not allow VMs (allowed: {})",
+                img.host,
+                allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
     c.inner
         .hosts
         .place(spec.memory_mib, spec.vcpus)
@@ -58,40 +72,47 @@ pub(crate) async fn create(
     } else {
         DesiredState::Stopped
     };
-    let mut vm = VmRecord::new(uuid::Uuid::now_v7(), spec, "admin", desired, now);
+    let mut vm = VmRecord::new(
+        uuid::Uuid::now_v7(),
+        spec,
+        caller.username.clone(),
+        desired,
+        now,
+    );
     vm.host = Some(host);
-    c.inner.store.create_vm(&vm).await?;
-    tracing::info!(vm = %vm.spec.name, vm_id = %vm.id, image = %vm.spec.image, host = ?vm.host, "VM created");
+    vm.group = req
+        .group
+        .as_deref()
+        .map(|g| g.trim_start_matches('/').to_string());
+    vm.charge = charge.path;
+    c.inner.store.create_vm(&vm, &charge.checks).await?;
+    tracing::info!(vm = %vm.spec.name, vm_id = %vm.id, owner = %vm.owner, image = %vm.spec.image, host = ?vm.host, charge = %vm.charge, "VM created");
     c.publish_events_after(vm.id).await;
     c.send_for_desired(&vm).await;
     Ok((StatusCode::CREATED, Json(vm_json(&vm))))
 }
 
-pub(crate) async fn list(State(c): State<Control>) -> Result<Json<VmList>, ApiError> {
-    let vms = c.inner.store.list_vms().await?;
+pub(crate) async fn list(
+    State(c): State<Control>,
+    Caller(caller): Caller,
+) -> Result<Json<VmList>, ApiError> {
+    let vms = visible_vms(&caller, c.inner.store.list_vms().await?);
     Ok(Json(VmList {
         vms: vms.iter().map(vm_json).collect(),
     }))
 }
 
-async fn find(c: &Control, name: &str) -> Result<VmRecord, ApiError> {
-    c.inner
-        .store
-        .get_vm(name)
-        .await?
-        .ok_or_else(|| ApiError::no_vm(name))
-}
-
-pub(crate) async fn show(
-    State(c): State<Control>,
-    Path(name): Path<String>,
-) -> Result<Json<pitwall_api::Vm>, ApiError> {
-    Ok(Json(vm_json(&find(&c, &name).await?)))
+pub(crate) async fn show(v: VisibleVm) -> Result<Json<pitwall_api::Vm>, ApiError> {
+    Ok(Json(vm_json(&v.vm)))
 }
 
 /// Change the desired state (bumping the generation) and send the host its command.
-async fn set_desired(c: &Control, name: &str, desired: DesiredState) -> Result<VmRecord, ApiError> {
-    let vm = find(c, name).await?;
+async fn set_desired(
+    c: &Control,
+    vm: VmRecord,
+    desired: DesiredState,
+) -> Result<VmRecord, ApiError> {
+    let name = vm.spec.name.to_string();
     if vm.desired == DesiredState::Deleted {
         return Err(ApiError::conflict(format!("VM {name:?} is being deleted")));
     }
@@ -107,25 +128,25 @@ async fn set_desired(c: &Control, name: &str, desired: DesiredState) -> Result<V
 
 pub(crate) async fn start(
     State(c): State<Control>,
-    Path(name): Path<String>,
+    v: VisibleVm,
 ) -> Result<(StatusCode, Json<pitwall_api::Vm>), ApiError> {
-    let vm = set_desired(&c, &name, DesiredState::Running).await?;
+    let vm = set_desired(&c, v.vm, DesiredState::Running).await?;
     Ok((StatusCode::ACCEPTED, Json(vm_json(&vm))))
 }
 
 pub(crate) async fn stop(
     State(c): State<Control>,
-    Path(name): Path<String>,
+    v: VisibleVm,
 ) -> Result<(StatusCode, Json<pitwall_api::Vm>), ApiError> {
-    let vm = set_desired(&c, &name, DesiredState::Stopped).await?;
+    let vm = set_desired(&c, v.vm, DesiredState::Stopped).await?;
     Ok((StatusCode::ACCEPTED, Json(vm_json(&vm))))
 }
 
 pub(crate) async fn delete(
     State(c): State<Control>,
-    Path(name): Path<String>,
+    v: VisibleVm,
 ) -> Result<(StatusCode, Json<pitwall_api::Vm>), ApiError> {
-    let vm = find(&c, &name).await?;
+    let (vm, name) = (v.vm, v.asked);
     if vm.desired == DesiredState::Deleted {
         return Err(ApiError::conflict(format!(
             "VM {name:?} is already being deleted (state {}); wait for it with `pitwall vm wait {name} --state DELETED`",
@@ -164,9 +185,10 @@ pub(crate) struct WaitQuery {
 
 pub(crate) async fn wait(
     State(c): State<Control>,
-    Path(name): Path<String>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    v: VisibleVm,
 ) -> Result<Json<pitwall_api::Vm>, ApiError> {
+    let name = v.asked.clone();
     let Query(q) = q.map_err(|e| {
         ApiError::invalid(format!("{}; use ?state=RUNNING&timeout=60s", e.body_text()))
     })?;
@@ -193,8 +215,13 @@ pub(crate) async fn wait(
     }
     // Subscribe before the first look, so no change slips between look and wait.
     let mut events = c.subscribe();
-    let first = find(&c, &name).await?;
-    let id = first.id;
+    let id = v.vm.id;
+    let first = c
+        .inner
+        .store
+        .get_vm_by_id(id)
+        .await?
+        .ok_or_else(|| ApiError::no_vm(&name))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut vm = first;
     loop {
@@ -253,9 +280,10 @@ pub(crate) struct ConsoleQuery {
 
 pub(crate) async fn console(
     State(c): State<Control>,
-    Path(name): Path<String>,
     q: Result<Query<ConsoleQuery>, axum::extract::rejection::QueryRejection>,
+    v: VisibleVm,
 ) -> Result<Response, ApiError> {
+    let name = v.asked.clone();
     let Query(q) =
         q.map_err(|e| ApiError::invalid(format!("{}; use ?max_bytes=N", e.body_text())))?;
     let max_bytes = q.max_bytes.unwrap_or(DEFAULT_CONSOLE_BYTES);
@@ -264,7 +292,7 @@ pub(crate) async fn console(
             "max_bytes must be from 1 to {MAX_CONSOLE_BYTES}"
         )));
     }
-    let vm = find(&c, &name).await?;
+    let vm = v.vm;
     let Some(host) = vm.host.clone() else {
         return Ok(text(Vec::new()));
     };

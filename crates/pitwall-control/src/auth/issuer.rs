@@ -47,6 +47,11 @@ pub const ADMIN_CREDENTIALS_FILE: &str = "admin-credentials";
 /// How long an issued token is valid unless [`BuiltinIssuer::with_token_lifetime`] says
 /// otherwise.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// How long a refresh token is valid: a CLI that is used at least weekly stays logged in.
+pub const DEFAULT_REFRESH_LIFETIME: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Suffix of the audience of refresh tokens: they are signed by the same key but can never
+/// pass as access tokens (their `aud` is not the API's).
+const REFRESH_AUDIENCE_SUFFIX: &str = "#refresh";
 /// Shortest password [`BuiltinIssuer::create_user`] accepts, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 12;
 /// Longest password accepted, in bytes (bounds the work one request can ask for).
@@ -62,6 +67,8 @@ pub enum IssuerError {
     InvalidCredentials,
     #[error("user {0:?} is disabled: ask an administrator to enable it")]
     Disabled(String),
+    #[error("the refresh token is not valid ({0}): log in again with `pitwall login`")]
+    InvalidRefresh(String),
     #[error(
         "invalid username {name:?}: {reason}; use 1-63 characters of a-z, 0-9, '-', '_' and '.', \
          starting with a letter or digit"
@@ -139,12 +146,16 @@ pub struct IssuedToken {
     pub access_token: String,
     /// Seconds until it expires.
     pub expires_in: u64,
+    /// Trade it at [`BuiltinIssuer::refresh`] for a new pair (valid
+    /// [`DEFAULT_REFRESH_LIFETIME`]).
+    pub refresh_token: String,
 }
 
 impl fmt::Debug for IssuedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IssuedToken")
             .field("access_token", &"<redacted>")
+            .field("refresh_token", &"<redacted>")
             .field("expires_in", &self.expires_in)
             .finish()
     }
@@ -173,6 +184,20 @@ pub struct Claims {
     pub jti: String,
 }
 
+/// The claims of a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RefreshClaims {
+    iss: String,
+    /// The API's audience plus `#refresh`.
+    aud: String,
+    sub: String,
+    /// Always `refresh`.
+    typ: String,
+    iat: i64,
+    exp: i64,
+    jti: String,
+}
+
 /// Local users and the key that signs their tokens.
 pub struct BuiltinIssuer {
     store: Arc<dyn Store>,
@@ -181,6 +206,7 @@ pub struct BuiltinIssuer {
     token_lifetime: Duration,
     kid: String,
     encoding_key: EncodingKey,
+    decoding_key: jsonwebtoken::DecodingKey,
     jwks: JwkSet,
     /// Verified against when the user is unknown, so that failure costs the same either way.
     dummy_hash: String,
@@ -226,6 +252,8 @@ impl BuiltinIssuer {
             .map_err(|e| bad_key(format!("no thumbprint of it: {e}")))?;
         jwk.common.key_id = Some(kid.clone());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        let decoding_key = jsonwebtoken::DecodingKey::from_jwk(&jwk)
+            .map_err(|e| bad_key(format!("no verification key from it: {e}")))?;
         let dummy_hash = hash_password(random_secret()?).await?;
         let issuer = BuiltinIssuer {
             store,
@@ -234,6 +262,7 @@ impl BuiltinIssuer {
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
             kid,
             encoding_key,
+            decoding_key,
             jwks: JwkSet { keys: vec![jwk] },
             dummy_hash,
         };
@@ -293,6 +322,39 @@ impl BuiltinIssuer {
         Ok(token)
     }
 
+    /// Trade a refresh token for a new access token and refresh token. The user must still
+    /// exist and be enabled: deleting or disabling a user ends their sessions at the next
+    /// refresh (their access tokens run out within [`DEFAULT_TOKEN_LIFETIME`]).
+    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedToken, IssuerError> {
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[&self.issuer_url]);
+        validation.set_audience(&[self.refresh_audience()]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        let claims =
+            jsonwebtoken::decode::<RefreshClaims>(refresh_token, &self.decoding_key, &validation)
+                .map_err(|e| IssuerError::InvalidRefresh(format!("{:?}", e.kind())))?
+                .claims;
+        if claims.typ != "refresh" {
+            return Err(IssuerError::InvalidRefresh("not a refresh token".into()));
+        }
+        let Some(user) = self.store.get_user(&claims.sub).await? else {
+            return Err(IssuerError::InvalidRefresh(
+                "the user no longer exists".into(),
+            ));
+        };
+        if user.disabled {
+            return Err(IssuerError::Disabled(user.username));
+        }
+        let token = self.issue(&user)?;
+        tracing::debug!(user = %user.username, "token refreshed");
+        Ok(token)
+    }
+
+    fn refresh_audience(&self) -> String {
+        format!("{}{REFRESH_AUDIENCE_SUFFIX}", self.audience)
+    }
+
     /// Create a local user. The username is 1-63 of a-z, 0-9, `-`, `_`, `.`, starting with a
     /// letter or digit; the password at least [`MIN_PASSWORD_CHARS`] characters.
     pub async fn create_user(
@@ -347,9 +409,23 @@ impl BuiltinIssuer {
         header.kid = Some(self.kid.clone());
         let access_token = jsonwebtoken::encode(&header, &claims, &self.encoding_key)
             .map_err(IssuerError::Sign)?;
+        let refresh = RefreshClaims {
+            iss: self.issuer_url.clone(),
+            aud: self.refresh_audience(),
+            sub: user.username.clone(),
+            typ: "refresh".into(),
+            iat: now,
+            exp: now.saturating_add(
+                i64::try_from(DEFAULT_REFRESH_LIFETIME.as_secs()).unwrap_or(i64::MAX),
+            ),
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        let refresh_token = jsonwebtoken::encode(&header, &refresh, &self.encoding_key)
+            .map_err(IssuerError::Sign)?;
         Ok(IssuedToken {
             access_token,
             expires_in: lifetime,
+            refresh_token,
         })
     }
 

@@ -213,6 +213,7 @@ impl Validator {
             roles,
             groups,
             is_admin,
+            via: super::Via::Token,
         })
     }
 }
@@ -476,6 +477,7 @@ mod tests {
                 ],
                 groups: vec!["/ops".into()],
                 is_admin: true,
+                via: super::super::Via::Token,
             }
         );
     }

@@ -28,6 +28,8 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct OidcKeySource {
     issuer: String,
     jwks_uri: String,
+    device_authorization_endpoint: Option<String>,
+    token_endpoint: Option<String>,
     http: reqwest::Client,
     min_refresh_interval: Duration,
     /// The last key set fetched.
@@ -42,6 +44,10 @@ pub struct OidcKeySource {
 struct Discovery {
     issuer: String,
     jwks_uri: String,
+    #[serde(default)]
+    device_authorization_endpoint: Option<String>,
+    #[serde(default)]
+    token_endpoint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +75,8 @@ impl OidcKeySource {
         let source = Self {
             issuer: discovery.issuer,
             jwks_uri: discovery.jwks_uri,
+            device_authorization_endpoint: discovery.device_authorization_endpoint,
+            token_endpoint: discovery.token_endpoint,
             http,
             min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
             cache: RwLock::new(None),
@@ -93,6 +101,16 @@ impl OidcKeySource {
 
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// The issuer's device authorization endpoint (RFC 8628), when its metadata names one.
+    pub fn device_authorization_endpoint(&self) -> Option<&str> {
+        self.device_authorization_endpoint.as_deref()
+    }
+
+    /// The issuer's token endpoint, when its metadata names one.
+    pub fn token_endpoint(&self) -> Option<&str> {
+        self.token_endpoint.as_deref()
     }
 
     pub fn jwks_uri(&self) -> &str {

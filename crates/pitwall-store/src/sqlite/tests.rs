@@ -66,9 +66,9 @@ async fn open_on_a_directory_fails_naming_the_path() {
 async fn in_memory_stores_are_separate() {
     let a = SqliteStore::in_memory().await.unwrap();
     let b = SqliteStore::in_memory().await.unwrap();
-    a.create_vm(&vm("web")).await.unwrap();
+    a.create_vm(&vm("web"), &[]).await.unwrap();
     assert_eq!(b.list_vms().await.unwrap(), vec![]);
-    b.create_vm(&vm("web")).await.unwrap();
+    b.create_vm(&vm("web"), &[]).await.unwrap();
 }
 
 #[tokio::test]
@@ -84,7 +84,7 @@ async fn events_of_an_unknown_vm_are_refused_by_the_foreign_key() {
 async fn corrupt_after(sql: &str) -> String {
     let store = SqliteStore::in_memory().await.unwrap();
     let v = vm("web");
-    store.create_vm(&v).await.unwrap();
+    store.create_vm(&v, &[]).await.unwrap();
     sqlx::query(sql).execute(&store.pool).await.unwrap();
     match store.get_vm_by_id(v.id).await {
         Err(StoreError::Corrupt(what)) => {
@@ -132,7 +132,8 @@ async fn text_in_a_number_column_is_corrupt() {
 async fn malformed_image_config_is_corrupt() {
     let store = SqliteStore::in_memory().await.unwrap();
     sqlx::query(
-        "INSERT INTO images VALUES ('busybox:latest', 'sha256:00', 1, '{not json', 'h1', \
+        "INSERT INTO images (reference, digest, size_bytes, config, host, created_at) \
+         VALUES ('busybox:latest', 'sha256:00', 1, '{not json', 'h1', \
          '2024-01-01T00:00:00.000000000Z')",
     )
     .execute(&store.pool)
@@ -196,6 +197,61 @@ async fn user_disabled_flag_other_than_0_or_1_is_refused_by_the_schema() {
     let err = sqlx::query(
         "INSERT INTO users VALUES ('bob', '$argon2id$x', '[]', '[]', \
          '2024-01-01T00:00:00.000000000Z', 2)",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("CHECK"), "{err}");
+}
+
+#[tokio::test]
+async fn policy_json_with_an_unknown_field_is_corrupt_naming_row_and_column() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    sqlx::query(
+        "INSERT INTO policies VALUES ('user:bob', '{\"max_vm\": 1}', \
+         '2024-01-01T00:00:00.000000000Z')",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    let err = store.get_policy("user:bob").await.unwrap_err();
+    let StoreError::Corrupt(what) = err else {
+        panic!("expected Corrupt, got {err:?}")
+    };
+    assert!(
+        what.contains("policies row user:bob, column policy"),
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_delegation_revocation_time_is_corrupt() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO delegations VALUES (?, '/user:alice/', 'user:bob', '{}', 'alice', \
+         '2024-01-01T00:00:00.000000000Z', 'soon')",
+    )
+    .bind(id.to_string())
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    let err = store.get_delegation(id).await.unwrap_err();
+    let StoreError::Corrupt(what) = err else {
+        panic!("expected Corrupt, got {err:?}")
+    };
+    assert!(
+        what.contains(&format!("delegations row {id}, column revoked_at")),
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn audit_status_beyond_u16_is_refused_by_the_schema() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let err = sqlx::query(
+        "INSERT INTO audit (at, actor, via, source, method, path, action, status, outcome) \
+         VALUES ('2024-01-01T00:00:00.000000000Z', 'a', '-', 'x', 'GET', '/', '', 70000, 'ok')",
     )
     .execute(&store.pool)
     .await

@@ -22,6 +22,16 @@ use pitwall_store::{
 };
 use time::OffsetDateTime;
 
+mod audit;
+mod identity;
+mod owners;
+mod quotas;
+
+pub use audit::*;
+pub use identity::*;
+pub use owners::*;
+pub use quotas::*;
+
 pub type TestResult = Result<(), StoreError>;
 
 /// A fresh, empty store, and whatever must live as long as it (a temporary directory, ...).
@@ -67,6 +77,38 @@ macro_rules! store_suite {
             set_user_password_replaces_only_the_hash,
             set_password_of_unknown_user_is_no_such_user,
             delete_user_removes_it_and_says_whether_it_existed,
+            // owners.rs
+            group_and_charge_round_trip,
+            same_name_for_two_owners_is_allowed,
+            same_name_for_the_same_owner_is_refused,
+            name_is_free_again_for_its_owner_after_deleted,
+            vms_named_is_ordered_by_owner_and_skips_deleted,
+            list_is_ordered_by_name_then_owner,
+            events_carry_the_owner_and_group_of_their_vm,
+            images_keep_their_owner,
+            // quotas.rs
+            each_limit_is_enforced_naming_label_and_limit,
+            quota_admits_up_to_the_limit_exactly,
+            first_failing_check_is_named_and_nothing_changes,
+            deleted_vms_no_longer_count,
+            quota_counts_every_vm_charged_under_the_prefix,
+            usage_sums_live_vms_under_a_prefix,
+            usage_prefix_is_literal_not_a_pattern,
+            quota_is_checked_before_the_name,
+            concurrent_creates_never_exceed_a_quota,
+            // identity.rs
+            policies_put_get_list_delete,
+            put_policy_replaces_by_holder,
+            delegations_create_get_list_oldest_first,
+            revoke_delegation_twice_keeps_the_first_time,
+            revoke_unknown_delegation_is_no_such_delegation,
+            revoked_certificates_keep_the_first_record,
+            revoked_among_returns_the_first_revoked_in_slice_order,
+            revoked_among_many_serials_finds_the_first,
+            // audit.rs
+            audit_append_assigns_increasing_seq,
+            audit_since_is_ordered_and_limited,
+            audit_since_filters_by_actor,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -96,10 +138,15 @@ pub fn spec(name: &str) -> VmSpec {
 }
 
 pub fn new_vm(name: &str) -> VmRecord {
+    owned_vm(name, "alice")
+}
+
+/// A VM of `owner`, charged to `/user:<owner>/`.
+pub fn owned_vm(name: &str, owner: &str) -> VmRecord {
     VmRecord::new(
         VmId::new_v4(),
         spec(name),
-        "alice",
+        owner,
         DesiredState::Running,
         OffsetDateTime::now_utc(),
     )
@@ -107,7 +154,7 @@ pub fn new_vm(name: &str) -> VmRecord {
 
 async fn create(store: &dyn Store, name: &str) -> Result<VmRecord, StoreError> {
     let vm = new_vm(name);
-    store.create_vm(&vm).await?;
+    store.create_vm(&vm, &[]).await?;
     Ok(vm)
 }
 
@@ -163,6 +210,7 @@ fn image(reference: &str, digest: &str) -> ImageRecord {
         size_bytes: 5 << 30,
         config: serde_json::json!({"Entrypoint": ["/hello"], "Env": ["A=1"]}),
         host: "h1".to_string(),
+        owner: "alice".to_string(),
         created_at: OffsetDateTime::now_utc(),
     }
 }
@@ -173,7 +221,7 @@ use VmState::*;
 
 pub async fn create_then_get_by_name_and_id(store: Arc<dyn Store>) -> TestResult {
     let vm = create(&*store, "web").await?;
-    assert_eq!(store.get_vm("web").await?, Some(vm.clone()));
+    assert_eq!(store.vms_named("web").await?, vec![vm.clone()]);
     assert_eq!(store.get_vm_by_id(vm.id).await?, Some(vm.clone()));
     assert_eq!(
         (vm.state, vm.generation, vm.state_generation),
@@ -210,7 +258,7 @@ pub async fn list_is_ordered_by_name(store: Arc<dyn Store>) -> TestResult {
 }
 
 pub async fn unknown_vm_is_none(store: Arc<dyn Store>) -> TestResult {
-    assert_eq!(store.get_vm("nope").await?, None);
+    assert_eq!(store.vms_named("nope").await?, vec![]);
     assert_eq!(store.get_vm_by_id(VmId::new_v4()).await?, None);
     assert_eq!(store.list_vms().await?, vec![]);
     Ok(())
@@ -218,9 +266,8 @@ pub async fn unknown_vm_is_none(store: Arc<dyn Store>) -> TestResult {
 
 pub async fn duplicate_name_is_refused_and_store_unchanged(store: Arc<dyn Store>) -> TestResult {
     let first = create(&*store, "web").await?;
-    let mut second = new_vm("web");
-    second.owner = "bob".into();
-    match store.create_vm(&second).await {
+    let second = new_vm("web");
+    match store.create_vm(&second, &[]).await {
         Err(StoreError::NameTaken(name)) => assert_eq!(name, "web"),
         other => panic!("expected NameTaken, got {other:?}"),
     }
@@ -235,7 +282,7 @@ pub async fn reused_id_is_refused_and_store_unchanged(store: Arc<dyn Store>) -> 
     let mut again = new_vm("other");
     again.id = first.id;
     let err = store
-        .create_vm(&again)
+        .create_vm(&again, &[])
         .await
         .expect_err("an id is never reused");
     assert!(!matches!(err, StoreError::NameTaken(_)), "{err:?}");
@@ -248,12 +295,12 @@ pub async fn name_is_reusable_after_deleted(store: Arc<dyn Store>) -> TestResult
     let old = create(&*store, "web").await?;
     drive(&*store, old.id, 1, &[Deleting]).await?;
     assert!(matches!(
-        store.create_vm(&new_vm("web")).await,
+        store.create_vm(&new_vm("web"), &[]).await,
         Err(StoreError::NameTaken(_))
     ));
     drive(&*store, old.id, 1, &[Deleted]).await?;
     let new = create(&*store, "web").await?;
-    assert_eq!(store.get_vm("web").await?, Some(new.clone()));
+    assert_eq!(store.vms_named("web").await?, vec![new.clone()]);
     assert_eq!(store.list_vms().await?, vec![new]);
     assert_eq!(state_of(&*store, old.id).await?, Deleted);
     Ok(())
@@ -262,7 +309,7 @@ pub async fn name_is_reusable_after_deleted(store: Arc<dyn Store>) -> TestResult
 pub async fn deleted_vm_is_still_found_by_id(store: Arc<dyn Store>) -> TestResult {
     let vm = create(&*store, "web").await?;
     drive(&*store, vm.id, 1, &[Deleting, Deleted]).await?;
-    assert_eq!(store.get_vm("web").await?, None);
+    assert_eq!(store.vms_named("web").await?, vec![]);
     assert_eq!(store.list_vms().await?, vec![]);
     let gone = store.get_vm_by_id(vm.id).await?.expect("still there by id");
     assert_eq!((gone.spec, gone.state), (vm.spec, Deleted));
@@ -300,7 +347,7 @@ pub async fn set_desired_on_unknown_vm_is_no_such_vm(store: Arc<dyn Store>) -> T
 pub async fn set_host_places_the_vm(store: Arc<dyn Store>) -> TestResult {
     let vm = create(&*store, "web").await?;
     store.set_host(vm.id, "host-a").await?;
-    let placed = store.get_vm("web").await?.expect("exists");
+    let placed = store.get_vm_by_id(vm.id).await?.expect("exists");
     assert_eq!(placed.host.as_deref(), Some("host-a"));
     assert_eq!(placed.generation, 1);
     Ok(())
@@ -493,7 +540,7 @@ pub async fn concurrent_creates_of_one_name_admit_exactly_one(store: Arc<dyn Sto
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.create_vm(&new_vm("web")).await })
+            tokio::spawn(async move { store.create_vm(&new_vm("web"), &[]).await })
         })
         .collect();
     let (mut won, mut taken) = (0, 0);
@@ -514,7 +561,7 @@ pub async fn concurrent_creates_of_distinct_names_all_succeed(store: Arc<dyn Sto
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move { store.create_vm(&new_vm(&format!("vm-{i:02}"))).await })
+            tokio::spawn(async move { store.create_vm(&new_vm(&format!("vm-{i:02}")), &[]).await })
         })
         .collect();
     for t in tasks {

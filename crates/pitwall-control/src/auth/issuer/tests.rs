@@ -345,3 +345,55 @@ async fn unusable_key_file_is_reported_with_its_path() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn refresh_token_gives_a_new_access_token_for_the_same_user() {
+    let (_dir, issuer) = issuer().await;
+    issuer
+        .create_user("alice", GOOD_PASSWORD, vec![], vec!["/team-a".into()])
+        .await
+        .unwrap();
+    let first = issuer.login("alice", GOOD_PASSWORD).await.unwrap();
+    let second = issuer
+        .refresh(&first.refresh_token)
+        .await
+        .expect("refreshes");
+    assert_ne!(second.access_token, first.access_token);
+    let claims = decode(&issuer, &second.access_token).claims;
+    assert_eq!(claims.preferred_username, "alice");
+    assert_eq!(claims.groups, vec!["/team-a"]);
+}
+
+#[tokio::test]
+async fn refresh_token_is_not_an_access_token_and_vice_versa() {
+    let (_dir, issuer) = issuer().await;
+    issuer
+        .create_user("alice", GOOD_PASSWORD, vec![], vec![])
+        .await
+        .unwrap();
+    let token = issuer.login("alice", GOOD_PASSWORD).await.unwrap();
+    // The API's validator refuses the refresh token: its audience is not the API's.
+    let validator = crate::auth::jwt::Validator::new(
+        crate::auth::jwt::ValidatorConfig::new(ISSUER, AUDIENCE),
+        Arc::new(crate::auth::jwt::StaticKeys(issuer.jwks())),
+    );
+    let err = validator.validate(&token.refresh_token).await.unwrap_err();
+    assert!(matches!(err, AuthError::Audience(_)), "{err:?}");
+    // And the access token is no refresh token.
+    let err = issuer.refresh(&token.access_token).await.unwrap_err();
+    assert!(matches!(err, IssuerError::InvalidRefresh(_)), "{err:?}");
+    assert!(err.to_string().contains("pitwall login"), "{err}");
+}
+
+#[tokio::test]
+async fn refresh_is_refused_once_the_user_is_gone_or_disabled() {
+    let (_dir, issuer) = issuer().await;
+    issuer
+        .create_user("alice", GOOD_PASSWORD, vec![], vec![])
+        .await
+        .unwrap();
+    let token = issuer.login("alice", GOOD_PASSWORD).await.unwrap();
+    assert!(issuer.store.delete_user("alice").await.unwrap());
+    let err = issuer.refresh(&token.refresh_token).await.unwrap_err();
+    assert!(matches!(err, IssuerError::InvalidRefresh(_)), "{err:?}");
+}
