@@ -346,6 +346,21 @@ impl Client {
             .await
     }
 
+    /// Have a host pull `reference` from its registry and register it (the image, as
+    /// [`Client::import_image`] answers). Waits a little longer than the server gives its
+    /// host (30 minutes by default), so the server's own answer arrives first.
+    pub async fn pull_image(&self, reference: &str) -> Result<Image, ClientError> {
+        let req = PullImageRequest {
+            reference: reference.to_string(),
+        };
+        self.json(
+            self.post("/v1/images/pull")
+                .json(&req)
+                .timeout(Duration::from_secs(1860)),
+        )
+        .await
+    }
+
     pub async fn list_images(&self) -> Result<Vec<Image>, ClientError> {
         let l: ImageList = self.json(self.get("/v1/images")).await?;
         Ok(l.images)

@@ -76,6 +76,15 @@ pub struct ImageList {
     pub images: Vec<Image>,
 }
 
+/// `POST /v1/images/pull`: pull an image from its registry (the host's registry settings
+/// apply) and register it under `reference`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullImageRequest {
+    /// `[registry/]repository[:tag][@digest]`; no registry means Docker Hub.
+    pub reference: String,
+}
+
 /// One lifecycle event (`GET /v1/events` sends these as server-sent events, event type
 /// `state`, id = `seq`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

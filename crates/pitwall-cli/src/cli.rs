@@ -254,6 +254,12 @@ pub struct ConsoleArgs {
 pub enum ImageCommand {
     /// Upload a `docker save` tar, an OCI layout tar or an OCI image layout directory
     Import(ImportArgs),
+    /// Have a host pull an image from its registry (the host's registry settings apply)
+    Pull {
+        /// [REGISTRY/]REPOSITORY[:TAG][@DIGEST], e.g. ghcr.io/acme/web:1.2 or
+        /// 127.0.0.1:5000/demo/hello@sha256:…; no registry means Docker Hub
+        reference: String,
+    },
     /// List images
     List,
     /// Show one image and its config

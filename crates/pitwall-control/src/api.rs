@@ -47,6 +47,7 @@ pub(crate) fn router(control: Control) -> Router {
         .route("/v1/vms/{name}/console", get(vms::console))
         .route("/v1/events", get(events::events))
         .route("/v1/images", post(images::import).get(images::list))
+        .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/{*reference}", get(images::show))
         .route(
             "/v1/users",

@@ -22,6 +22,13 @@ fn ok(schema: &str, status: &str) -> Value {
     r
 }
 
+/// A pull also fails at the registry: `registry_unauthorized` and `registry_error` are 502.
+fn pull_responses() -> Value {
+    let mut r = ok("Image", "201");
+    r["502"] = json!({"$ref": "#/components/responses/Error"});
+    r
+}
+
 fn name_param() -> Value {
     json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "VM name, or OWNER:NAME"})
 }
@@ -123,6 +130,11 @@ pub(crate) fn document() -> Value {
                     "responses": ok("Image", "201")},
                 "get": {"summary": "List images", "responses": ok("ImageList", "200")}
             },
+            "/v1/images/pull": {
+                "post": {"summary": "Pull an image from its registry (with the host's registry settings) and register it under its reference; replacing another user's image needs an admin",
+                    "requestBody": body("PullImageRequest"),
+                    "responses": pull_responses()}
+            },
             "/v1/images/{reference}": {
                 "parameters": [{"name": "reference", "in": "path", "required": true, "schema": {"type": "string"}, "description": "NAME:TAG, slashes allowed"}],
                 "get": {"summary": "Show an image", "responses": ok("Image", "200")}
@@ -179,13 +191,14 @@ pub(crate) fn document() -> Value {
                     "reference": {"type": "string"}, "digest": {"type": "string"}, "size_bytes": {"type": "integer"},
                     "config": {"type": "object"}, "host": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}},
                 "ImageList": {"type": "object", "properties": {"images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}}},
+                "PullImageRequest": {"type": "object", "required": ["reference"], "additionalProperties": false, "properties": {"reference": {"type": "string", "description": "[registry/]repository[:tag][@digest]; no registry means Docker Hub"}}},
                 "Event": {"type": "object", "properties": {
                     "seq": {"type": "integer"}, "vm_id": {"type": "string"}, "vm_name": {"type": "string"},
                     "state": {"$ref": "#/components/schemas/VmState"}, "generation": {"type": "integer"},
                     "reason": {"type": ["string", "null"]}, "at": {"type": "string", "format": "date-time"}}},
                 "Health": {"type": "object", "properties": {"status": {"type": "string"}, "version": {"type": "string"}, "hosts": {"type": "array", "items": {"type": "string"}}}},
                 "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                    "code": {"type": "string", "enum": ["invalid_argument","not_found","already_exists","conflict","ambiguous","timeout","vm_failed","invalid_image","unavailable","internal","method_not_allowed","unauthenticated","forbidden","quota_exceeded","external_issuer"]},
+                    "code": {"type": "string", "enum": ["invalid_argument","not_found","already_exists","conflict","ambiguous","timeout","vm_failed","invalid_image","registry_unauthorized","registry_error","unavailable","internal","method_not_allowed","unauthenticated","forbidden","quota_exceeded","external_issuer"]},
                     "message": {"type": "string"}}}}}
             }
         }
@@ -221,6 +234,7 @@ pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/vms/{name}/console", &["get"]),
     ("/v1/events", &["get"]),
     ("/v1/images", &["post", "get"]),
+    ("/v1/images/pull", &["post"]),
     ("/v1/images/{reference}", &["get"]),
 ];
 

@@ -1,15 +1,17 @@
 //! The host's command queue: VM commands become wishes (persisted, then acknowledged),
-//! console reads and image imports are answered to the asker's reply key.
+//! console reads, image imports and registry pulls are answered to the asker's reply key.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use pitwall_bus::Delivery;
 use pitwall_core::{DesiredState, ImageRef, VmState};
+use pitwall_image::registry::PullProgress;
 use pitwall_image::ImageCache;
+use pitwall_image::ImageError;
 use pitwall_proto::v1::{
     envelope::Payload, image_command, vm_command, ConsoleOutput, Envelope, ImageCommand,
-    ImageStatus, VmCommand,
+    ImageErrorKind, ImageStatus, VmCommand,
 };
 use pitwall_proto::{decode_envelope, encode_envelope, routing};
 use tracing::{debug, info, warn};
@@ -248,8 +250,8 @@ impl Host {
         self.reply(env, Payload::ConsoleOutput(out)).await;
     }
 
-    /// Imports run in the background (they take seconds to minutes); the answer goes to the
-    /// asker's reply key and, for anyone listening, to the host's image status key.
+    /// Imports and pulls run in the background (they take seconds to minutes); the answer goes
+    /// to the asker's reply key and, for anyone listening, to the host's image status key.
     fn on_image_command(&self, env: Envelope, cmd: ImageCommand) {
         let host = self.clone();
         tokio::spawn(async move {
@@ -263,6 +265,7 @@ impl Host {
                     .await
                 }
                 Some(image_command::Command::Remove(rm)) => host.remove_image(&rm.reference).await,
+                Some(image_command::Command::Pull(p)) => host.pull(&p.reference).await,
                 None => return,
             };
             if let Ok(key) = routing::image_status_key(&host.inner.cfg.name) {
@@ -306,6 +309,7 @@ impl Host {
             }
             Ok(Err(e)) => {
                 st.error = e.to_string();
+                st.set_error_kind(error_kind(&e));
                 (st, None)
             }
             Err(e) => {
@@ -332,12 +336,53 @@ impl Host {
         st
     }
 
+    /// Pull `reference` from its registry with this host's registry settings, as an image
+    /// job like an import. Progress is logged at debug level.
+    ///
+    /// The pull runs on the job's blocking thread through the runtime's handle: it need not
+    /// be `Send` then (rustc cannot prove that of `registry::pull`'s future, issue 102211).
+    async fn pull(&self, reference: &str) -> ImageStatus {
+        info!(image = reference, "pulling image");
+        let opts = self.inner.cfg.registry.clone();
+        let rt = tokio::runtime::Handle::current();
+        let name = reference.to_string();
+        let (mut st, info) = self
+            .image_job(reference, move |images, r| {
+                let progress =
+                    |p: PullProgress| debug!(image = name, progress = ?p, "pull progress");
+                rt.block_on(pitwall_image::registry::pull(images, r, &opts, &progress))
+            })
+            .await;
+        match info {
+            Some(info) => {
+                info!(image = reference, digest = info.digest, "image pulled");
+                st.digest = info.digest;
+                st.size_bytes = info.size_bytes;
+                st.config_json = serde_json::to_string(&info.config).unwrap_or_default();
+            }
+            None => warn!(image = reference, error = st.error, "image pull failed"),
+        }
+        st
+    }
+
     async fn remove_image(&self, reference: &str) -> ImageStatus {
         let (mut st, existed) = self
             .image_job(reference, |images, r| images.remove(r))
             .await;
         st.removed = existed.unwrap_or(false);
         st
+    }
+}
+
+/// The kind of an image failure, for the control plane to pick its answer's status.
+fn error_kind(e: &ImageError) -> ImageErrorKind {
+    match e {
+        ImageError::RegistryNotFound { .. } => ImageErrorKind::NotFound,
+        ImageError::RegistryUnauthorized { .. } => ImageErrorKind::RegistryUnauthorized,
+        ImageError::RegistryRateLimited { .. }
+        | ImageError::RegistryConnection { .. }
+        | ImageError::Registry { .. } => ImageErrorKind::Registry,
+        _ => ImageErrorKind::Invalid,
     }
 }
 

@@ -3,7 +3,7 @@
 //! It consumes its host's command queue, keeps every VM's *wish* (desired state, generation,
 //! spec) on disk, and runs one actor per VM that converges the VM to its wish: image →
 //! disks → VMM → readiness, clean stop, full cleanup on delete. It reports every state
-//! change on the bus, sends heartbeats with capacity and every VM's state, imports images,
+//! change on the bus, sends heartbeats with capacity and every VM's state, imports and pulls images,
 //! and serves console reads. After a restart it re-attaches to the VMM processes that
 //! survived it and marks the dead ones.
 //!
@@ -30,6 +30,7 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use pitwall_image::registry::{Credential, RegistryOptions};
 pub use record::{VmRecord, Wish};
 
 /// Settings of one host.
@@ -48,6 +49,8 @@ pub struct HostConfig {
     pub heartbeat_interval: Duration,
     /// How long a guest may take from VMM start to powerunit's readiness.
     pub boot_timeout: Duration,
+    /// How image pulls reach registries: insecure registries, extra CAs, credentials.
+    pub registry: RegistryOptions,
 }
 
 impl HostConfig {
@@ -66,6 +69,7 @@ impl HostConfig {
             accel: Accel::Auto,
             heartbeat_interval: Duration::from_secs(2),
             boot_timeout: Duration::from_secs(120),
+            registry: RegistryOptions::default(),
         }
     }
 }

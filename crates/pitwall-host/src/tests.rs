@@ -11,8 +11,8 @@ use pitwall_core::{DesiredState, ImageRef, VmState};
 use pitwall_image::{ImageCache, ImageConfig};
 use pitwall_proto::v1::{
     envelope::Payload, image_command, vm_command, ConsoleOutput, CreateVm, DeleteVm, Envelope,
-    HostHeartbeat, ImageCommand, ImageStatus, ImportImage, ReadConsole, StartVm, StopVm, VmCommand,
-    VmSpec, VmStatus,
+    HostHeartbeat, ImageCommand, ImageErrorKind, ImageStatus, ImportImage, PullImage, ReadConsole,
+    StartVm, StopVm, VmCommand, VmSpec, VmStatus,
 };
 use pitwall_proto::{decode_envelope, encode_envelope, routing};
 use uuid::Uuid;
@@ -701,8 +701,34 @@ async fn import_of_a_corrupt_file_answers_an_error_and_keeps_the_archive_unless_
     let st = import(&h, "junk:1", &archive, false).await;
     assert!(!st.ok);
     assert!(!st.error.is_empty());
+    assert_eq!(st.error_kind(), ImageErrorKind::Invalid);
     assert!(st.digest.is_empty());
     assert!(archive.exists());
+}
+
+#[tokio::test]
+async fn pull_from_an_unreachable_registry_answers_a_registry_error_naming_it() {
+    let h = Harness::start().await;
+    let reply_key = routing::reply_key("r1").unwrap();
+    let mut replies = h.listen("test.replies", &reply_key).await;
+    let cmd = ImageCommand {
+        command: Some(image_command::Command::Pull(PullImage {
+            reference: "127.0.0.1:9/nobody/nothing:1".into(),
+        })),
+    };
+    let env =
+        Envelope::new(SENDER, Some("pull-1"), Payload::ImageCommand(cmd)).with_reply_to(&reply_key);
+    let key = routing::image_command_key(HOST, routing::verb::PULL).unwrap();
+    h.publish(&key, env).await;
+    let answer = next_payload(&mut replies).await;
+    assert_eq!(answer.correlation_id, "pull-1");
+    let Some(Payload::ImageStatus(st)) = answer.payload else {
+        panic!("not an image status: {answer:?}");
+    };
+    assert!(!st.ok);
+    assert_eq!(st.reference, "127.0.0.1:9/nobody/nothing:1");
+    assert_eq!(st.error_kind(), ImageErrorKind::Registry, "{}", st.error);
+    assert!(st.error.contains("127.0.0.1:9"), "{}", st.error);
 }
 
 #[tokio::test]

@@ -169,6 +169,64 @@ pub enum ImageError {
     #[error("image cache entry {path} is damaged: {detail}; remove it and import the image again")]
     CacheCorrupt { path: PathBuf, detail: String },
 
+    /// The registry has no such repository, tag or digest.
+    #[error("{reference} was not found on registry {registry} ({detail}); check the repository name and the tag or digest, e.g. with `skopeo inspect docker://{reference}`")]
+    RegistryNotFound {
+        reference: String,
+        registry: String,
+        detail: String,
+    },
+
+    /// The registry refused the pull: no or wrong credentials, or no access to the repository.
+    #[error("registry {registry} refused access to {reference} ({detail}); give credentials for {registry} in the host's registry configuration, or in a docker config.json (`auths`, e.g. written by `docker login {registry}`)")]
+    RegistryUnauthorized {
+        reference: String,
+        registry: String,
+        detail: String,
+    },
+
+    /// The registry answered HTTP 429.
+    #[error("registry {registry} is rate-limiting pulls of {reference} (HTTP 429: {detail}); retry later, or give credentials for a higher limit")]
+    RegistryRateLimited {
+        reference: String,
+        registry: String,
+        detail: String,
+    },
+
+    /// A blob or manifest from a registry does not match its descriptor's digest or size.
+    #[error("{what} from registry {registry} is corrupt: expected {expected}, got {actual}; nothing of it was kept. Pull again; if this persists, the registry's copy is damaged: push the image to it again")]
+    RegistryDigestMismatch {
+        what: String,
+        registry: String,
+        expected: String,
+        actual: String,
+    },
+
+    /// A manifest of a kind this crate does not pull (schema 1, an artifact, …).
+    #[error("{reference} on registry {registry} has a manifest of media type {media_type:?}, which cannot be pulled; only OCI and docker v2 schema 2 images (and indexes of them) are supported")]
+    RegistryUnsupportedMediaType {
+        reference: String,
+        registry: String,
+        media_type: String,
+    },
+
+    /// The registry cannot be reached, or the TLS handshake with it failed.
+    #[error("cannot reach registry {registry} over {scheme}: {detail}; {hint}")]
+    RegistryConnection {
+        registry: String,
+        scheme: &'static str,
+        detail: String,
+        hint: &'static str,
+    },
+
+    /// Any other failure the registry reports.
+    #[error("registry {registry} failed while pulling {reference}: {detail}; retry later, and check the registry's health if it persists")]
+    Registry {
+        reference: String,
+        registry: String,
+        detail: String,
+    },
+
     /// A path or option given to the builder is unusable.
     #[error("{0}")]
     InvalidInput(String),

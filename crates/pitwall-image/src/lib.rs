@@ -1,15 +1,18 @@
 //! Pitwall's images on a host: import of an OCI image layout (directory or tar) or a
 //! `docker save` archive, safe application of layers into a root tree, and the read-only
-//! ext4 base image built from it, cached by manifest digest.
+//! ext4 base image built from it, cached by manifest digest; and pulls from OCI registries
+//! ([`registry`]), which fetch and verify blobs and then take the import path.
 //!
 //! This code reads hostile input: no archive entry may write outside the root it is applied
 //! to (see [`layer`](crate::layer) for the rules). What it must not do: boot anything, talk
-//! to the bus or the store. The API is blocking; async callers run it in `spawn_blocking`.
+//! to the bus or the store. The API is blocking (async callers run it in `spawn_blocking`),
+//! except [`registry::pull`], which is async.
 //!
 //! Modules: `archive` (reading sources), `resolve` (index → manifest → config, selection by
 //! name and platform, digest checks), `layer` (safe apply with whiteouts), `rootfs` (layers
 //! in order, decompression, diff_id checks), `ext4` (`mkfs.ext4 -d`), `cache` (the on-disk
-//! cache, locking, references), [`build`] (writing OCI layouts, for tests and demos).
+//! cache, locking, references), [`build`] (writing OCI layouts, for tests and demos),
+//! [`registry`] (pulls from OCI registries into the cache; the one async part).
 #![forbid(unsafe_code)]
 
 mod archive;
@@ -20,6 +23,7 @@ mod error;
 mod ext4;
 mod layer;
 mod oci;
+pub mod registry;
 mod resolve;
 mod rootfs;
 #[cfg(test)]

@@ -53,6 +53,7 @@ pub mod verb {
     pub const READ_CONSOLE: &str = "read_console";
     pub const IMPORT: &str = "import";
     pub const REMOVE: &str = "remove";
+    pub const PULL: &str = "pull";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -245,6 +246,7 @@ impl v1::ImageCommand {
         Some(match self.command.as_ref()? {
             Command::Import(_) => verb::IMPORT,
             Command::Remove(_) => verb::REMOVE,
+            Command::Pull(_) => verb::PULL,
         })
     }
 }
@@ -438,6 +440,10 @@ mod tests {
         assert_eq!(
             image(image_command::Command::Remove(Default::default())).verb(),
             Some("remove")
+        );
+        assert_eq!(
+            image(image_command::Command::Pull(Default::default())).verb(),
+            Some("pull")
         );
         assert_eq!(ImageCommand::default().verb(), None);
     }

@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 pub use pitwall_api::Client;
 
 pub mod oidc;
+pub mod registry;
 
 /// Where Debian's `busybox-static` puts its binary.
 pub const BUSYBOX: &str = "/bin/busybox";

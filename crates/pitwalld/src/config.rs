@@ -91,6 +91,100 @@ pub struct HostSection {
     pub accel: String,
     /// e.g. "120s"
     pub boot_timeout: String,
+    /// How this host pulls images from registries.
+    pub registry: RegistrySection,
+}
+
+/// `[host.registry]`: how image pulls reach registries.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// Registries (`host[:port]`, as written in image references) reached over plain HTTP,
+    /// e.g. `["127.0.0.1:5000"]`. `PITWALL_INSECURE_REGISTRIES` (comma-separated) replaces it.
+    pub insecure: Vec<String>,
+    /// Extra CA certificates (PEM files) trusted for HTTPS registries, beside the system's.
+    pub ca_files: Vec<PathBuf>,
+    /// A docker `config.json` to read credentials from (`auths`); absent:
+    /// `$HOME/.docker/config.json` when it exists.
+    pub docker_config: Option<PathBuf>,
+    /// Layers downloaded at once.
+    pub concurrency: usize,
+    /// Attempts per blob download.
+    pub attempts: u32,
+    /// Credentials per registry (`[[host.registry.auth]]`), tried before the docker config.
+    pub auth: Vec<RegistryAuth>,
+}
+
+/// One `[[host.registry.auth]]`: the password is read from a file, never written in the
+/// config.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    /// `host[:port]`; `docker.io` for Docker Hub.
+    pub registry: String,
+    pub username: String,
+    /// A file holding the password or token (one trailing newline is ignored).
+    pub password_file: PathBuf,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        let d = pitwall_host::RegistryOptions::default();
+        Self {
+            insecure: d.insecure,
+            ca_files: d.ca_files,
+            docker_config: d.docker_config,
+            concurrency: d.concurrency,
+            attempts: d.attempts,
+            auth: Vec::new(),
+        }
+    }
+}
+
+impl RegistrySection {
+    /// The host's registry options: reads every password file.
+    pub fn options(&self) -> anyhow::Result<pitwall_host::RegistryOptions> {
+        if self.concurrency == 0 || self.attempts == 0 {
+            bail!("host.registry.concurrency and host.registry.attempts must be at least 1");
+        }
+        let mut credentials = Vec::new();
+        for a in &self.auth {
+            let text = std::fs::read_to_string(&a.password_file).with_context(|| {
+                format!(
+                    "cannot read the password file {} of registry {} (host.registry.auth)",
+                    a.password_file.display(),
+                    a.registry
+                )
+            })?;
+            let password = text
+                .strip_suffix('\n')
+                .map(|p| p.strip_suffix('\r').unwrap_or(p))
+                .unwrap_or(&text)
+                .to_string();
+            if password.is_empty() {
+                bail!(
+                    "the password file {} of registry {} is empty",
+                    a.password_file.display(),
+                    a.registry
+                );
+            }
+            credentials.push((
+                a.registry.clone(),
+                pitwall_host::Credential::Basic {
+                    username: a.username.clone(),
+                    password,
+                },
+            ));
+        }
+        Ok(pitwall_host::RegistryOptions {
+            insecure: self.insecure.clone(),
+            ca_files: self.ca_files.clone(),
+            credentials,
+            docker_config: self.docker_config.clone(),
+            concurrency: self.concurrency,
+            attempts: self.attempts,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -123,6 +217,7 @@ impl Default for HostSection {
             qemu: PathBuf::from("qemu-system-x86_64"),
             accel: "auto".into(),
             boot_timeout: "120s".into(),
+            registry: RegistrySection::default(),
         }
     }
 }
@@ -171,6 +266,14 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Resul
     }
     if let Some(v) = get("PITWALL_BOOT_TIMEOUT") {
         cfg.host.boot_timeout = v;
+    }
+    if let Some(v) = get("PITWALL_INSECURE_REGISTRIES") {
+        cfg.host.registry.insecure = v
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(String::from)
+            .collect();
     }
     if let Some(v) = get("PITWALL_REPLICA") {
         cfg.control.replica = v;
@@ -307,6 +410,75 @@ mod tests {
         assert_eq!(c.auth.claims.username, "preferred_username");
         assert_eq!(c.auth.default_policy.max_vms, Some(3));
         assert_eq!(c.auth.default_policy.max_vcpus, None);
+    }
+
+    #[test]
+    fn registry_settings_come_from_the_file_with_passwords_from_their_files() {
+        let d = tempfile::tempdir().unwrap();
+        let pw = d.path().join("ghcr.password");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let f = d.path().join("p.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "[host.registry]\ninsecure = [\"127.0.0.1:5000\"]\nca_files = [\"/etc/ca.pem\"]\n\
+                 docker_config = \"/root/.docker/config.json\"\nconcurrency = 2\n\
+                 [[host.registry.auth]]\nregistry = \"ghcr.io\"\nusername = \"bot\"\n\
+                 password_file = \"{}\"\n",
+                pw.display()
+            ),
+        )
+        .unwrap();
+        let c = load(Some(&f), &HashMap::new()).unwrap();
+        let o = c.host.registry.options().unwrap();
+        assert_eq!(o.insecure, ["127.0.0.1:5000"]);
+        assert_eq!(o.ca_files, [PathBuf::from("/etc/ca.pem")]);
+        assert_eq!(
+            o.docker_config.as_deref(),
+            Some(Path::new("/root/.docker/config.json"))
+        );
+        assert_eq!((o.concurrency, o.attempts), (2, 3));
+        assert_eq!(
+            o.credentials,
+            [(
+                "ghcr.io".to_string(),
+                pitwall_host::Credential::Basic {
+                    username: "bot".into(),
+                    password: "s3cret".into()
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn a_password_in_the_config_is_refused_and_a_missing_password_file_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("p.toml");
+        std::fs::write(
+            &f,
+            "[[host.registry.auth]]\nregistry = \"r\"\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", load(Some(&f), &HashMap::new()).unwrap_err());
+        assert!(e.contains("password"), "{e}");
+        std::fs::write(
+            &f,
+            "[[host.registry.auth]]\nregistry = \"r\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n",
+        )
+        .unwrap();
+        let c = load(Some(&f), &HashMap::new()).unwrap();
+        let e = format!("{:#}", c.host.registry.options().unwrap_err());
+        assert!(e.contains("/nonexistent/pw"), "{e}");
+    }
+
+    #[test]
+    fn insecure_registries_from_the_environment_replace_the_files() {
+        let env = HashMap::from([(
+            "PITWALL_INSECURE_REGISTRIES".to_string(),
+            "127.0.0.1:5000, reg.lan:8080,".to_string(),
+        )]);
+        let c = load(None, &env).unwrap();
+        assert_eq!(c.host.registry.insecure, ["127.0.0.1:5000", "reg.lan:8080"]);
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub fn host_config(cfg: &Config) -> anyhow::Result<HostConfig> {
     h.qemu_binary = cfg.host.qemu.clone();
     h.accel = config::accel(&cfg.host.accel)?;
     h.boot_timeout = config::duration("host.boot_timeout", &cfg.host.boot_timeout)?;
+    h.registry = cfg.host.registry.options()?;
     Ok(h)
 }
 

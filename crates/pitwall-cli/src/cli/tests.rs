@@ -54,6 +54,19 @@ fn wait_defaults_to_running_within_a_minute_and_accepts_any_case() {
 }
 
 #[test]
+fn image_pull_takes_one_reference_with_a_registry_port_and_digest() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let reference = format!("127.0.0.1:5000/demo/hello@{digest}");
+    let cli = Cli::try_parse_from(["pitwall", "image", "pull", &reference]).unwrap();
+    let Command::Image(ImageCommand::Pull { reference: got }) = cli.command else {
+        panic!("not image pull")
+    };
+    assert_eq!(got, reference);
+    assert!(Cli::try_parse_from(["pitwall", "image", "pull"]).is_err());
+    assert!(Cli::try_parse_from(["pitwall", "image", "pull", "a:1", "b:2"]).is_err());
+}
+
+#[test]
 fn output_format_is_global_and_has_a_short_form() {
     let cli = Cli::try_parse_from(["pitwall", "vm", "list", "-o", "json"]).unwrap();
     assert_eq!(cli.output, OutputFormat::Json);

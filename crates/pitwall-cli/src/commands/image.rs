@@ -1,4 +1,4 @@
-//! `pitwall image ...`: import, list, show.
+//! `pitwall image ...`: import, pull, list, show.
 //!
 //! The API takes an image as one tar (a `docker save` tar or an OCI layout tar). An OCI image
 //! layout directory is packed into a temporary tar first, entries named relative to the
@@ -38,6 +38,18 @@ pub enum ImportError {
 pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::Import(a) => import(ctx, a).await,
+        ImageCommand::Pull { reference } => {
+            let image = ctx.client.pull_image(&reference).await?;
+            tracing::info!(image = %image.reference, digest = %image.digest, "image pulled");
+            ctx.show(&image, |i, _| {
+                format!(
+                    "pulled {} ({}, {})\n",
+                    i.reference,
+                    i.digest,
+                    output::bytes(i.size_bytes)
+                )
+            })
+        }
         ImageCommand::List => {
             let images = ctx.client.list_images().await?;
             ctx.show(&images, |images, now| output::image_table(images, now))

@@ -42,7 +42,7 @@ pub(crate) async fn create(
     let reference = spec.image.to_string();
     let Some(img) = c.inner.store.get_image(&reference).await? else {
         return Err(ApiError::not_found(format!(
-            "image {reference} is not known: import it first with `pitwall image import PATH --name {reference}` (see `pitwall image list`)"
+            "image {reference} is not known: pull it first with `pitwall image pull {reference}`, or import an archive with `pitwall image import PATH --name {reference}` (see `pitwall image list`)"
         )));
     };
     // The image lives on the host that imported it.

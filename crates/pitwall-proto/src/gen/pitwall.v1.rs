@@ -181,7 +181,7 @@ pub struct HostHeartbeat {
 /// control → host, routing key orchestrator.<host>.image.<verb>.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ImageCommand {
-    #[prost(oneof = "image_command::Command", tags = "10, 11")]
+    #[prost(oneof = "image_command::Command", tags = "10, 11, 12")]
     pub command: ::core::option::Option<image_command::Command>,
 }
 /// Nested message and enum types in `ImageCommand`.
@@ -192,6 +192,8 @@ pub mod image_command {
         Import(super::ImportImage),
         #[prost(message, tag = "11")]
         Remove(super::RemoveImage),
+        #[prost(message, tag = "12")]
+        Pull(super::PullImage),
     }
 }
 /// Import an OCI image layout (directory or tar) or a `docker save` archive.
@@ -209,6 +211,14 @@ pub struct ImportImage {
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RemoveImage {
+    #[prost(string, tag = "1")]
+    pub reference: ::prost::alloc::string::String,
+}
+/// Pull an image from its registry (the host's registry settings give TLS, insecure
+/// registries and credentials) and register it under `reference`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PullImage {
+    /// Canonical reference: registry/repository with a tag, a digest, or both.
     #[prost(string, tag = "1")]
     pub reference: ::prost::alloc::string::String,
 }
@@ -236,6 +246,9 @@ pub struct ImageStatus {
     /// True when the image was removed (answer to RemoveImage).
     #[prost(bool, tag = "8")]
     pub removed: bool,
+    /// Set when !ok: the kind of failure.
+    #[prost(enumeration = "ImageErrorKind", tag = "9")]
+    pub error_kind: i32,
 }
 /// Desired state of the VM, as the control plane stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -320,6 +333,47 @@ impl VmState {
             "VM_STATE_DELETED" => Some(Self::Deleted),
             "VM_STATE_FAILED" => Some(Self::Failed),
             "VM_STATE_LOST" => Some(Self::Lost),
+            _ => None,
+        }
+    }
+}
+/// Why an ImageCommand failed, so the control plane can answer with the right status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ImageErrorKind {
+    /// Not set (old hosts), or an image the host refused: treat as an invalid image.
+    Unspecified = 0,
+    /// The image itself is unusable (bad archive, digest mismatch, unsupported media type).
+    Invalid = 1,
+    /// The registry has no such repository, tag or digest.
+    NotFound = 2,
+    /// The registry refused the host's credentials (or their absence).
+    RegistryUnauthorized = 3,
+    /// The registry could not be reached, rate-limited the pull, or failed otherwise.
+    Registry = 4,
+}
+impl ImageErrorKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "IMAGE_ERROR_KIND_UNSPECIFIED",
+            Self::Invalid => "IMAGE_ERROR_KIND_INVALID",
+            Self::NotFound => "IMAGE_ERROR_KIND_NOT_FOUND",
+            Self::RegistryUnauthorized => "IMAGE_ERROR_KIND_REGISTRY_UNAUTHORIZED",
+            Self::Registry => "IMAGE_ERROR_KIND_REGISTRY",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "IMAGE_ERROR_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "IMAGE_ERROR_KIND_INVALID" => Some(Self::Invalid),
+            "IMAGE_ERROR_KIND_NOT_FOUND" => Some(Self::NotFound),
+            "IMAGE_ERROR_KIND_REGISTRY_UNAUTHORIZED" => Some(Self::RegistryUnauthorized),
+            "IMAGE_ERROR_KIND_REGISTRY" => Some(Self::Registry),
             _ => None,
         }
     }
