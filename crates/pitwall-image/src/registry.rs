@@ -35,8 +35,8 @@ use serde_json::json;
 
 use crate::error::{ImageError, IoContext};
 use crate::oci::{
-    Descriptor, Index, Manifest, Platform, ANN_DOCKER_REF_TYPE, ANN_REF_NAME, MT_DOCKER_LIST,
-    MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_MANIFEST,
+    Descriptor, Index, Manifest, Platform, ANN_REF_NAME, MT_DOCKER_LIST, MT_OCI_CONFIG,
+    MT_OCI_INDEX, MT_OCI_MANIFEST,
 };
 use crate::{ImageCache, ImageInfo};
 
@@ -364,39 +364,12 @@ impl Document {
     }
 }
 
-/// The index entry for `wanted`, chosen as [`ImageCache::import`] chooses it.
+/// The index entry for `wanted`, chosen as [`ImageCache::import`] chooses it (the same
+/// function).
 fn pick_platform(index: &Index, wanted: &Platform, ctx: &Ctx) -> Result<Descriptor, ImageError> {
-    let usable: Vec<&Descriptor> = index
-        .manifests
-        .iter()
-        .filter(|d| !d.annotations.contains_key(ANN_DOCKER_REF_TYPE))
-        .collect();
-    if let [only] = usable.as_slice() {
-        if only.platform.is_none() {
-            return Ok((*only).clone());
-        }
-    }
-    let fits = |p: &Platform| p.os == wanted.os && p.architecture == wanted.architecture;
-    let exact = usable.iter().find(|d| {
-        d.platform
-            .as_ref()
-            .is_some_and(|p| fits(p) && p.variant == wanted.variant)
-    });
-    let loose = usable
-        .iter()
-        .find(|d| d.platform.as_ref().is_some_and(fits));
-    exact
-        .or(loose)
-        .map(|d| (*d).clone())
-        .ok_or_else(|| ImageError::NoPlatform {
-            source_desc: format!("{} on registry {}", ctx.reference, ctx.registry),
-            wanted: wanted.to_string(),
-            available: usable
-                .iter()
-                .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    crate::resolve::pick_platform(index, wanted, &|| {
+        format!("{} on registry {}", ctx.reference, ctx.registry)
+    })
 }
 
 /// Refuses artifacts (Helm charts, WASM modules, signatures) that use an image manifest with

@@ -358,7 +358,7 @@ fn resolve_oci(
             break parse(source, &format!("manifest {}", desc.digest), &bytes)?;
         }
         let idx: Index = parse(source, &format!("image index {}", desc.digest), &bytes)?;
-        desc = pick_platform(source, &idx, wanted)?;
+        desc = pick_platform(&idx, wanted, &|| source.describe())?;
     };
 
     if let Some(pinned) = &reference.digest {
@@ -398,10 +398,13 @@ fn resolve_oci(
     })
 }
 
-fn pick_platform(
-    source: &Source,
+/// The entry of `idx` for `wanted`: the only one when it names no platform, else an exact
+/// match (with variant), else a compatible one. Imports and registry pulls choose alike.
+/// `source_desc` names where the index came from, for the error.
+pub(crate) fn pick_platform(
     idx: &Index,
     wanted: &Platform,
+    source_desc: &dyn Fn() -> String,
 ) -> Result<Descriptor, ImageError> {
     let usable: Vec<&Descriptor> = idx
         .manifests
@@ -425,7 +428,7 @@ fn pick_platform(
         .or(loose)
         .map(|d| (*d).clone())
         .ok_or_else(|| ImageError::NoPlatform {
-            source_desc: source.describe(),
+            source_desc: source_desc(),
             wanted: wanted.to_string(),
             available: usable
                 .iter()
