@@ -132,7 +132,7 @@ fn sign_local_command(format: OutputFormat, a: &CertSignArgs) -> anyhow::Result<
     };
     let validity = match &a.validity {
         Some(v) => parse_validity(v)?,
-        None => DEFAULT_VALIDITY,
+        None => default_validity_under(with_cert)?,
     };
     let signed = sign_local(
         &a.csr,
@@ -197,6 +197,28 @@ fn fmt_time(t: OffsetDateTime) -> String {
 
 /// Default validity of a locally signed certificate.
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The validity of a certificate signed with `issuer_chain` when none is asked for:
+/// [`DEFAULT_VALIDITY`], or less when the issuer ends sooner (a certificate cannot outlive
+/// its issuer, and nobody asked for that date). An explicit `--validity` beyond the issuer is
+/// still refused by [`sign_local`].
+pub fn default_validity_under(issuer_chain: &Path) -> anyhow::Result<Duration> {
+    let chain = cert::parse_chain_pem(&read(issuer_chain, "the issuer's certificate")?)
+        .with_context(|| format!("cannot read the certificate {}", issuer_chain.display()))?;
+    let Some(issuer) = chain.first() else {
+        bail!("{} holds no certificate", issuer_chain.display());
+    };
+    let left = issuer.not_after - OffsetDateTime::now_utc();
+    let left = Duration::try_from(left).unwrap_or_default();
+    if left.is_zero() {
+        bail!(
+            "the issuer {} expired at {}: sign with a valid certificate",
+            issuer.name(),
+            fmt_time(issuer.not_after)
+        );
+    }
+    Ok(DEFAULT_VALIDITY.min(left))
+}
 
 /// What `cert request` wrote.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -526,6 +548,68 @@ mod tests {
         std::fs::write(&c, s.cert_pem).expect("write");
         std::fs::write(&k, key).expect("write");
         (c, k)
+    }
+
+    #[test]
+    fn the_default_validity_ends_with_the_issuer_when_it_ends_sooner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // alice's certificate ends in 60 days: the 30-day default fits.
+        let (alice_pem, alice_key) = alice(dir.path());
+        assert_eq!(
+            default_validity_under(&alice_pem).expect("default"),
+            DEFAULT_VALIDITY
+        );
+        // bob's ends in one hour: a default-validity certificate under it ends with it, and
+        // signing with that default succeeds even a second later.
+        let (bob_key, bob_csr) = (dir.path().join("bob.key"), dir.path().join("bob.csr"));
+        request("bob", &bob_key, &bob_csr, false).expect("request");
+        let bob = dir.path().join("bob.pem");
+        let hour = Duration::from_secs(3600);
+        sign_local(
+            &bob_csr,
+            &alice_pem,
+            &alice_key,
+            &policy(3),
+            true,
+            hour,
+            &bob,
+            false,
+        )
+        .expect("sign bob");
+        let under_bob = default_validity_under(&bob).expect("default");
+        assert!(
+            under_bob <= hour && under_bob > hour - Duration::from_secs(120),
+            "{under_bob:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        let (carol_key, carol_csr) = (dir.path().join("c.key"), dir.path().join("c.csr"));
+        request("carol", &carol_key, &carol_csr, false).expect("request");
+        let carol = dir.path().join("carol.pem");
+        let v = default_validity_under(&bob).expect("default");
+        sign_local(
+            &carol_csr,
+            &bob,
+            &bob_key,
+            &policy(1),
+            false,
+            v,
+            &carol,
+            false,
+        )
+        .expect("a default validity never outlives the issuer");
+        // An explicit validity beyond the issuer is still refused.
+        let err = sign_local(
+            &carol_csr,
+            &bob,
+            &bob_key,
+            &policy(1),
+            false,
+            DEFAULT_VALIDITY,
+            &dir.path().join("x.pem"),
+            false,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("shorter validity"), "{err:#}");
     }
 
     #[test]

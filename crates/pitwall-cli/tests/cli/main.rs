@@ -405,7 +405,7 @@ async fn local_cert_commands_need_neither_the_api_nor_a_login() {
             "--max-vms",
             "2",
             "--validity",
-            "1h",
+            "30m",
         ],
         &env,
     )
