@@ -9,5 +9,5 @@ pub mod cert;
 mod client;
 mod types;
 
-pub use client::{Client, ClientBuilder, ClientError, QuotaOf};
+pub use client::{root_cause, Client, ClientBuilder, ClientError, QuotaOf};
 pub use types::*;

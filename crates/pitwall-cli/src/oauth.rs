@@ -223,7 +223,7 @@ fn request_error<RE: std::error::Error + 'static, T: oauth2::ErrorResponse + 'st
         RequestTokenError::ServerResponse(r) => server(&r),
         RequestTokenError::Request(e) => OauthError::Transport {
             url: url.to_owned(),
-            why: root_cause(&e),
+            why: pitwall_api::root_cause(&e),
         },
         RequestTokenError::Parse(e, body) => OauthError::Unexpected {
             url: url.to_owned(),
@@ -240,14 +240,6 @@ fn request_error<RE: std::error::Error + 'static, T: oauth2::ErrorResponse + 'st
             why,
         },
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]

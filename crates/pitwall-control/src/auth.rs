@@ -99,9 +99,15 @@ impl Auth {
         self
     }
 
-    /// Authentication by the built-in issuer (the embedded default).
-    pub fn builtin(issuer: Arc<issuer::BuiltinIssuer>, default_policy: Policy) -> Self {
-        let cfg = jwt::ValidatorConfig::new(issuer.issuer_url(), issuer.audience());
+    /// Authentication by the built-in issuer (the embedded default); `admin_role` makes an
+    /// administrator.
+    pub fn builtin(
+        issuer: Arc<issuer::BuiltinIssuer>,
+        admin_role: &str,
+        default_policy: Policy,
+    ) -> Self {
+        let mut cfg = jwt::ValidatorConfig::new(issuer.issuer_url(), issuer.audience());
+        cfg.admin_role = admin_role.to_string();
         let client = pitwall_api::AuthConfig {
             issuer: issuer.issuer_url().to_string(),
             audience: issuer.audience().to_string(),

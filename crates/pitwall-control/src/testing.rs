@@ -87,7 +87,11 @@ impl Harness {
             .expect("admin logs in")
             .access_token;
         let issuer = Arc::new(issuer);
-        let auth = crate::auth::Auth::builtin(issuer.clone(), pitwall_core::Policy::unlimited());
+        let auth = crate::auth::Auth::builtin(
+            issuer.clone(),
+            crate::auth::issuer::ADMIN_ROLE,
+            pitwall_core::Policy::unlimited(),
+        );
         let control = Control::start(cfg, store.clone(), Arc::new(bus.clone()), auth)
             .await
             .expect("control plane starts");

@@ -69,19 +69,11 @@ pub async fn build(
             if let Some(boot) = boot {
                 announce_admin(&boot.username, &boot.password, &boot.credentials_file);
             }
-            let mut auth = Auth::builtin(
+            Auth::builtin(
                 Arc::new(issuer.with_token_lifetime(lifetime)),
+                &a.admin_role,
                 a.default_policy.clone(),
-            );
-            auth.validator = pitwall_control::auth::jwt::Validator::new(
-                {
-                    let mut v = ValidatorConfig::new(BUILTIN_ISSUER, a.audience.clone());
-                    v.admin_role = a.admin_role.clone();
-                    v
-                },
-                auth.builtin.clone().context("built-in issuer")?,
-            );
-            auth
+            )
         }
     };
     Ok((auth.with_ca(ca.clone()), ca))

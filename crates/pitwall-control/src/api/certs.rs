@@ -209,13 +209,7 @@ pub(crate) async fn identify(
         }
         Err(e) => return Err(AuthError::KeySource(format!("revocation list: {e}"))),
     }
-    if c.inner.auth.builtin.is_some() {
-        match c.inner.store.get_user(&id.username).await {
-            Ok(Some(u)) if !u.disabled => {}
-            Ok(_) => return Err(AuthError::UserGone(id.username)),
-            Err(e) => return Err(AuthError::KeySource(format!("user store: {e}"))),
-        }
-    }
+    super::guard::ensure_user_active(c, &id.username).await?;
     let leaf = id.serials.last().cloned().unwrap_or_default();
     Ok(Principal {
         subject: format!("certificate:{leaf}"),

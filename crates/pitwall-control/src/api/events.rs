@@ -200,24 +200,27 @@ mod tests {
         assert_eq!(followed[0].seq, seen[3].0 + 1);
     }
 
+    /// `POST /v1/vms` of `name` as `token`, which must succeed.
+    async fn create_as(h: &Harness, token: &str, name: &str) {
+        let body = serde_json::json!({"name": name, "image": crate::testing::IMAGE});
+        let r = h
+            .call_as(
+                Some(token),
+                axum::http::Method::POST,
+                "/v1/vms",
+                Body::from(body.to_string()),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+
     #[tokio::test]
     async fn a_user_streams_only_the_events_of_vms_they_may_see() {
         let mut h = Harness::start().await;
         let alice = h.user("alice", &[]).await;
         let bob = h.user("bob", &[]).await;
         for (token, name) in [(&alice, "a1"), (&bob, "b1"), (&alice, "a2"), (&bob, "b2")] {
-            let r = h
-                .call_as(
-                    Some(token),
-                    axum::http::Method::POST,
-                    "/v1/vms",
-                    Body::from(
-                        serde_json::json!({"name": name, "image": crate::testing::IMAGE})
-                            .to_string(),
-                    ),
-                )
-                .await;
-            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+            create_as(&h, token, name).await;
             h.host.next_vm_command().await;
         }
         let req = Request::get("/v1/events")
@@ -234,18 +237,7 @@ mod tests {
         assert_eq!(names, ["b1", "b2"]);
         // Live: alice's next VM is not sent; bob's is.
         for (token, name) in [(&alice, "a3"), (&bob, "b3")] {
-            let r = h
-                .call_as(
-                    Some(token),
-                    axum::http::Method::POST,
-                    "/v1/vms",
-                    Body::from(
-                        serde_json::json!({"name": name, "image": crate::testing::IMAGE})
-                            .to_string(),
-                    ),
-                )
-                .await;
-            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+            create_as(&h, token, name).await;
         }
         let next = read_state_events(&mut body, &mut buf, 1).await;
         assert_eq!(next[0].vm_name, "b3");

@@ -142,20 +142,27 @@ async fn identify(
                 AuthError::Malformed("the Authorization header must be `Bearer <token>`".into())
             })?;
         let principal = auth.validator.validate(token).await?;
-        if auth.builtin.is_some() {
-            // Local users can be deleted or disabled: that takes effect now.
-            match c.inner.store.get_user(&principal.username).await {
-                Ok(Some(u)) if !u.disabled => {}
-                Ok(_) => return Err(AuthError::UserGone(principal.username)),
-                Err(e) => return Err(AuthError::KeySource(format!("user store: {e}"))),
-            }
-        }
+        ensure_user_active(c, &principal.username).await?;
         return Ok(principal);
     }
     if let Some(chain) = peer.filter(|chain| !chain.is_empty()) {
         return crate::api::certs::identify(c, &chain).await;
     }
     Err(AuthError::Missing)
+}
+
+/// With the built-in issuer, local users can be deleted or disabled: that takes effect on
+/// their next request, whether it carries a token or a certificate. (An external issuer owns
+/// its users; nothing to look up.)
+pub(crate) async fn ensure_user_active(c: &Control, username: &str) -> Result<(), AuthError> {
+    if c.inner.auth.builtin.is_none() {
+        return Ok(());
+    }
+    match c.inner.store.get_user(username).await {
+        Ok(Some(u)) if !u.disabled => Ok(()),
+        Ok(_) => Err(AuthError::UserGone(username.to_string())),
+        Err(e) => Err(AuthError::KeySource(format!("user store: {e}"))),
+    }
 }
 
 /// Outer layer of every route: appends state-changing requests to the audit log.

@@ -143,7 +143,7 @@ pub(crate) async fn charge_for(
         )),
         (Some(g), None) => {
             let g = g.trim_start_matches('/');
-            if g.is_empty() || g.contains(['/', ':']) {
+            if !is_name(g) {
                 return Err(ApiError::invalid(format!(
                     "group {g:?} is not a group name (no '/' or ':')"
                 )));
@@ -325,16 +325,25 @@ pub(crate) async fn show(
     }))
 }
 
+/// A user or group name as it may stand in a holder or charge path: not empty, no `/` or
+/// `:` (the separators of charge paths and `OWNER:NAME`).
+fn is_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', ':'])
+}
+
+/// `user:NAME` or `group:NAME` with a valid name; returns the name.
+fn principal_name(holder: &str) -> Option<&str> {
+    match holder.split_once(':') {
+        Some(("user" | "group", name)) if is_name(name) => Some(name),
+        _ => None,
+    }
+}
+
 fn check_holder(holder: &str) -> Result<(), ApiError> {
     if holder == "default" {
         return Ok(());
     }
-    let ok = match holder.split_once(':') {
-        Some(("user" | "group", name)) => {
-            !name.is_empty() && !name.contains(['/', ':']) && name.len() <= 255
-        }
-        _ => false,
-    };
+    let ok = principal_name(holder).is_some_and(|name| name.len() <= 255);
     if ok {
         Ok(())
     } else {
@@ -412,8 +421,7 @@ pub(crate) async fn create_delegation(
              `pitwall cert sign` instead",
         ));
     }
-    if !matches!(req.to.split_once(':'), Some(("user" | "group", n)) if !n.is_empty() && !n.contains(['/', ':']))
-    {
+    if principal_name(&req.to).is_none() {
         return Err(ApiError::invalid(format!(
             "`to` {:?} must be user:NAME or group:NAME",
             req.to
