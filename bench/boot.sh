@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >&2
 cargo build --release --quiet --workspace --bins
-PITWALL_BIN_DIR="$PWD/target/release" exec target/release/bench-boot "${1:-5}"
+t="${CARGO_TARGET_DIR:-$PWD/target}"
+PITWALL_BIN_DIR="$t/release" exec "$t/release/bench-boot" "${1:-5}"

@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A first build (CI's clean clone) gains nothing from incremental-compilation state, which
+# costs gigabytes of disk.
+if [ -n "${CI:-}" ] || [ ! -d target/debug ]; then
+    export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+fi
+
 bash scripts/setup.sh
 
 # The tests use what setup.sh provisioned and built.

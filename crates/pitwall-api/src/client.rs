@@ -361,6 +361,62 @@ impl Client {
         .await
     }
 
+    /// [`Client::pull_image`], calling `progress` with each progress report of the host as it
+    /// comes (a `Blob` or `Building` [`PullEvent`]).
+    pub async fn pull_image_with_progress(
+        &self,
+        reference: &str,
+        mut progress: impl FnMut(&PullEvent),
+    ) -> Result<Image, ClientError> {
+        let req = PullImageRequest {
+            reference: reference.to_string(),
+        };
+        let resp = self
+            .send(
+                self.post("/v1/images/pull")
+                    .header(reqwest::header::ACCEPT, "application/x-ndjson")
+                    .json(&req)
+                    .timeout(Duration::from_secs(1860)),
+            )
+            .await?;
+        let status = resp.status().as_u16();
+        let mut stream = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let event: PullEvent =
+                    serde_json::from_slice(&line).map_err(|e| ClientError::Decode {
+                        status,
+                        why: format!("a pull progress line: {e}"),
+                    })?;
+                match event {
+                    PullEvent::Done { image } => return Ok(image),
+                    PullEvent::Error { status, error } => {
+                        return Err(ClientError::Api {
+                            status,
+                            code: error.code,
+                            message: error.message,
+                        })
+                    }
+                    e => progress(&e),
+                }
+            }
+            match stream.next().await {
+                Some(chunk) => buf.extend_from_slice(&chunk.map_err(|e| self.transport(e))?),
+                None => {
+                    return Err(ClientError::Transport {
+                        url: self.base.to_string(),
+                        why: "the pull's progress stream ended before its outcome; the pull may go on: check `pitwall image list`".into(),
+                    })
+                }
+            }
+        }
+    }
+
     pub async fn list_images(&self) -> Result<Vec<Image>, ClientError> {
         let l: ImageList = self.json(self.get("/v1/images")).await?;
         Ok(l.images)
@@ -368,6 +424,14 @@ impl Client {
 
     pub async fn get_image(&self, reference: &str) -> Result<Image, ClientError> {
         self.json(self.get(&format!("/v1/images/{reference}")))
+            .await
+    }
+
+    /// Remove the image `reference` from its host and the cluster (answers it as it was).
+    /// Refused with `image_in_use` while VMs use it unless `force`.
+    pub async fn delete_image(&self, reference: &str, force: bool) -> Result<Image, ClientError> {
+        let query = if force { "?force=true" } else { "" };
+        self.json(self.delete(&format!("/v1/images/{reference}{query}")))
             .await
     }
 

@@ -1,5 +1,6 @@
 //! JSON bodies of API v1.
 
+pub use pitwall_core::RunOverrides;
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/vms`
@@ -25,6 +26,10 @@ pub struct CreateVmRequest {
     /// Charge the VM to a delegation the caller holds (its id) instead of their own policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegation: Option<String>,
+    /// Changes to the image's run configuration (`entrypoint`, `cmd`, `env`, `working_dir`,
+    /// `user`), with `docker run`'s rules.
+    #[serde(default, skip_serializing_if = "RunOverrides::is_empty")]
+    pub run: RunOverrides,
 }
 
 /// A VM as the API shows it.
@@ -49,6 +54,12 @@ pub struct Vm {
     pub host: Option<String>,
     /// Why the VM is FAILED (or why it stopped by itself).
     pub reason: Option<String>,
+    /// The run-configuration overrides given at create (absent: the image's own).
+    #[serde(default, skip_serializing_if = "RunOverrides::is_empty")]
+    pub run: RunOverrides,
+    /// The image's `ExposedPorts` (`80/tcp`, ...) when the VM was created.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
     /// RFC 3339.
     pub created_at: String,
     pub updated_at: String,
@@ -69,6 +80,15 @@ pub struct Image {
     pub config: serde_json::Value,
     pub host: String,
     pub created_at: String,
+    /// Who imported or pulled it: only they (or an administrator) may replace or remove it.
+    #[serde(default)]
+    pub owner: String,
+    /// The VMs (not DELETED) booted from it that the caller may see, as `OWNER:NAME`, sorted.
+    #[serde(default)]
+    pub used_by: Vec<String>,
+    /// How many VMs (not DELETED) use it, the caller's or not.
+    #[serde(default)]
+    pub used_by_count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +103,28 @@ pub struct ImageList {
 pub struct PullImageRequest {
     /// `[registry/]repository[:tag][@digest]`; no registry means Docker Hub.
     pub reference: String,
+}
+
+/// One line of `POST /v1/images/pull` answered as `application/x-ndjson` (asked for with
+/// `Accept: application/x-ndjson`): progress while the host pulls, then exactly one `done`
+/// or `error` line, the same image or error the plain request answers with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// A blob (config or layer) downloading, or `present` in the host's blob store already.
+    Blob {
+        digest: String,
+        bytes_done: u64,
+        bytes_total: u64,
+        #[serde(default)]
+        present: bool,
+    },
+    /// Every blob is on the host; it builds (or finds) the base image of this manifest.
+    Building { digest: String },
+    /// The pull succeeded.
+    Done { image: Image },
+    /// The pull failed: `status` is what the plain request would have answered.
+    Error { status: u16, error: ErrorDetail },
 }
 
 /// One lifecycle event (`GET /v1/events` sends these as server-sent events, event type

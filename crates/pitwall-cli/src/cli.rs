@@ -28,7 +28,7 @@ Exit codes:
   1  any other error
   2  usage error (bad flags or arguments)
   3  not found (VM or image unknown to the API, or PATH missing)
-  4  already exists, or conflicts with the VM's current state
+  4  already exists, conflicts with the VM's current state, or the image is in use
   5  timed out waiting
   6  the API is unreachable
   7  the VM failed (the API said vm_failed, or the awaited VM became FAILED)
@@ -160,7 +160,7 @@ impl Command {
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Create a VM from an image, and boot it unless --no-start
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List VMs
     List,
     /// Show one VM, including why it failed when it did
@@ -211,6 +211,22 @@ pub struct CreateArgs {
     /// Charge the VM to this delegation you hold (see `pitwall delegate list`)
     #[arg(long, value_name = "ID", conflicts_with = "group")]
     pub delegation: Option<String>,
+    /// Run this program instead of the image's Entrypoint (its Cmd is dropped too unless
+    /// arguments follow `--`); an empty string clears the Entrypoint
+    #[arg(long, value_name = "PROGRAM")]
+    pub entrypoint: Option<String>,
+    /// Set an environment variable in the VM (repeatable); replaces the image's value
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory of the program in the VM, instead of the image's WorkingDir
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User (NAME, UID or UID:GID) the program runs as, instead of the image's User
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Arguments after `--` replace the image's Cmd, e.g. `-- /bin/sh -c 'echo hi'`
+    #[arg(last = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
 }
 
 /// Arguments of `vm start`, `vm stop` and `vm delete`.
@@ -266,6 +282,23 @@ pub enum ImageCommand {
     Show {
         /// Image reference, e.g. demo/hello:1.0
         reference: String,
+    },
+    /// Print everything the API knows about one image as JSON (digest, size, config, host,
+    /// owner, the VMs using it)
+    Inspect {
+        /// Image reference, e.g. demo/hello:1.0
+        reference: String,
+    },
+    /// Remove an image from its host and the cluster (its owner or an admin); the host then
+    /// deletes what no other image needs. Refused while VMs use it, unless --force
+    #[command(alias = "remove")]
+    Rm {
+        /// Image reference, e.g. demo/hello:1.0
+        reference: String,
+        /// Remove it even while VMs use it (running ones keep going but cannot start again),
+        /// or while its host is down (the host keeps its copy)
+        #[arg(long)]
+        force: bool,
     },
 }
 

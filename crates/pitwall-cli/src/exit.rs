@@ -51,7 +51,7 @@ pub fn exit_code(err: &anyhow::Error) -> Exit {
                     _ if *status == 401 => Exit::Unauthenticated,
                     _ if *status == 403 => Exit::Forbidden,
                     "not_found" => Exit::NotFound,
-                    "already_exists" | "conflict" => Exit::Conflict,
+                    "already_exists" | "conflict" | "image_in_use" => Exit::Conflict,
                     "timeout" => Exit::Timeout,
                     "vm_failed" => Exit::VmFailed,
                     "invalid_argument" | "invalid_image" => Exit::Invalid,

@@ -19,6 +19,7 @@ pub mod endpoint;
 pub mod exit;
 pub mod oauth;
 pub mod output;
+pub mod progress;
 pub mod session;
 
 pub use cli::Cli;

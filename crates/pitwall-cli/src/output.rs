@@ -160,6 +160,28 @@ pub fn vm_details(vm: &Vm, now: OffsetDateTime) -> String {
         ("owner", or_dash(Some(&vm.owner))),
         ("group", or_dash(vm.group.as_deref())),
         ("generation", vm.generation.to_string()),
+    ]);
+    if !vm.exposed_ports.is_empty() {
+        pairs.push(("exposed ports", vm.exposed_ports.join(" ")));
+    }
+    let r = &vm.run;
+    let list = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
+    if let Some(e) = &r.entrypoint {
+        pairs.push(("entrypoint", list(e)));
+    }
+    if let Some(c) = &r.cmd {
+        pairs.push(("cmd", list(c)));
+    }
+    if !r.env.is_empty() {
+        pairs.push(("env", list(&r.env)));
+    }
+    if let Some(w) = &r.working_dir {
+        pairs.push(("workdir", w.clone()));
+    }
+    if let Some(u) = &r.user {
+        pairs.push(("user", u.clone()));
+    }
+    pairs.extend([
         (
             "created",
             format!("{} ({} ago)", vm.created_at, age(&vm.created_at, now)),
@@ -196,6 +218,21 @@ pub fn image_table(images: &[Image], now: OffsetDateTime) -> String {
     table(&["REFERENCE", "DIGEST", "SIZE", "HOST", "AGE"], &rows)
 }
 
+/// The VMs using an image, as far as the caller may see them: `-` for none.
+fn used_by(image: &Image) -> String {
+    let hidden = image
+        .used_by_count
+        .saturating_sub(image.used_by.len() as u64);
+    let mut names = image.used_by.join(", ");
+    if hidden > 0 {
+        if !names.is_empty() {
+            names.push_str(" and ");
+        }
+        names.push_str(&format!("{hidden} VM(s) of other users"));
+    }
+    or_dash(Some(&names))
+}
+
 pub fn image_details(image: &Image, now: OffsetDateTime) -> String {
     let mut pairs = vec![
         ("reference", image.reference.clone()),
@@ -205,10 +242,12 @@ pub fn image_details(image: &Image, now: OffsetDateTime) -> String {
             format!("{} ({} bytes)", bytes(image.size_bytes), image.size_bytes),
         ),
         ("host", or_dash(Some(&image.host))),
+        ("owner", or_dash(Some(&image.owner))),
         (
             "created",
             format!("{} ({} ago)", image.created_at, age(&image.created_at, now)),
         ),
+        ("used by", used_by(image)),
     ];
     let config: Vec<(String, String)> = match &image.config {
         serde_json::Value::Object(map) => map
@@ -272,6 +311,8 @@ mod tests {
             group: None,
             host: host.map(Into::into),
             reason: None,
+            run: Default::default(),
+            exposed_ports: vec![],
             created_at: created_at.into(),
             updated_at: created_at.into(),
         }
@@ -356,8 +397,16 @@ database-1   ada     PENDING   demo/hello:1.0   2       512MiB   2GiB   -       
             config: serde_json::json!({ "cmd": ["/hello"], "user": null }),
             host: "host-a".into(),
             created_at: "2025-06-01T11:00:00Z".into(),
+            owner: "alice".into(),
+            used_by: vec!["alice:web".into()],
+            used_by_count: 2,
         };
         let text = image_details(&image, NOW);
+        assert!(text.contains("owner:"), "{text}");
+        assert!(
+            text.contains("alice:web and 1 VM(s) of other users\n"),
+            "{text}"
+        );
         assert!(text.contains("config.cmd: [\"/hello\"]\n"), "{text}");
         assert!(!text.contains("config.user"), "{text}");
         assert!(image_table(&[image], NOW).contains("sha256:0123456789ab "));

@@ -48,7 +48,10 @@ pub(crate) fn router(control: Control) -> Router {
         .route("/v1/events", get(events::events))
         .route("/v1/images", post(images::import).get(images::list))
         .route("/v1/images/pull", post(images::pull))
-        .route("/v1/images/{*reference}", get(images::show))
+        .route(
+            "/v1/images/{*reference}",
+            get(images::show).delete(images::remove),
+        )
         .route(
             "/v1/users",
             post(session::create_user).get(session::list_users),
@@ -225,6 +228,8 @@ pub(crate) fn vm_json(vm: &VmRecord) -> pitwall_api::Vm {
         group: vm.group.clone(),
         host: vm.host.clone(),
         reason: vm.reason.clone(),
+        run: vm.spec.run.clone(),
+        exposed_ports: vm.exposed_ports.clone(),
         created_at: rfc3339(vm.created_at),
         updated_at: rfc3339(vm.updated_at),
     }
@@ -238,6 +243,9 @@ pub(crate) fn image_json(i: &ImageRecord) -> pitwall_api::Image {
         config: i.config.clone(),
         host: i.host.clone(),
         created_at: rfc3339(i.created_at),
+        owner: i.owner.clone(),
+        used_by: Vec::new(),
+        used_by_count: 0,
     }
 }
 

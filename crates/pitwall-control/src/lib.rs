@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pitwall_bus::Bus;
-use pitwall_proto::v1::Envelope;
+use pitwall_proto::v1::{Envelope, ImageProgress};
 use pitwall_store::{EventRecord, Store};
 use tokio::sync::{broadcast, oneshot};
 
@@ -104,6 +104,9 @@ struct Inner {
     events: broadcast::Sender<EventRecord>,
     hosts: hosts::Hosts,
     pending: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
+    /// Where progress reports of a pending request go (by correlation id), for the requests
+    /// that asked for them.
+    progress: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<ImageProgress>>>,
     /// Sequence number of the last event broadcast to subscribers.
     last_seq: tokio::sync::Mutex<u64>,
     started: Instant,
@@ -139,6 +142,7 @@ impl Control {
                 events,
                 hosts: hosts::Hosts::default(),
                 pending: Mutex::new(HashMap::new()),
+                progress: Mutex::new(HashMap::new()),
                 last_seq: tokio::sync::Mutex::new(last_seq),
                 started: Instant::now(),
             }),

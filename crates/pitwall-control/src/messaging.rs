@@ -7,7 +7,7 @@ use pitwall_core::{DesiredState, VmState};
 use pitwall_proto::routing::{self, verb};
 use pitwall_proto::v1::{
     envelope::Payload, image_command, vm_command, CreateVm, DeleteVm, Envelope, HostHeartbeat,
-    ImageCommand, StartVm, StopVm, VmCommand, VmSpec as PbSpec, VmStatus,
+    ImageCommand, ImageProgress, StartVm, StopVm, VmCommand, VmSpec as PbSpec, VmStatus,
 };
 use pitwall_proto::{decode_envelope, encode_envelope};
 use pitwall_store::{StatusOutcome, VmRecord};
@@ -63,6 +63,10 @@ impl Control {
                 self.on_reply(env);
                 Ok(())
             }
+            Some(Payload::ImageProgress(p)) => {
+                self.on_progress(env.correlation(), p);
+                Ok(())
+            }
             _ => {
                 warn!(routing_key = %d.routing_key, "dead-lettering a message the control plane does not handle");
                 let _ = d.nack(false).await;
@@ -89,6 +93,20 @@ impl Control {
                 let _ = tx.send(env);
             }
             None => debug!(correlation_id = id, "reply nobody waits for (timed out?)"),
+        }
+    }
+
+    /// A progress report goes to whoever waits for that request's progress; nobody may (the
+    /// request did not ask, or timed out).
+    fn on_progress(&self, correlation: Option<&str>, p: ImageProgress) {
+        let Some(id) = correlation else { return };
+        let map = self
+            .inner
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = map.get(id) {
+            let _ = tx.send(p);
         }
     }
 
@@ -193,6 +211,7 @@ impl Control {
             memory_mib: vm.spec.memory_mib,
             disk_mib: vm.spec.disk_mib,
             owner: vm.owner.clone(),
+            run: (!vm.spec.run.is_empty()).then(|| (&vm.spec.run).into()),
         }
     }
 
@@ -269,6 +288,20 @@ impl Control {
         payload: Payload,
         timeout: Duration,
     ) -> Result<Option<Envelope>, ControlError> {
+        self.request_with_progress(host, verb, payload, timeout, None)
+            .await
+    }
+
+    /// [`Control::request`], with the host's progress reports for it (ImageProgress, sent
+    /// before the answer) passed to `progress`.
+    pub(crate) async fn request_with_progress(
+        &self,
+        host: &str,
+        verb: &str,
+        payload: Payload,
+        timeout: Duration,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<ImageProgress>>,
+    ) -> Result<Option<Envelope>, ControlError> {
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
         self.inner
@@ -276,6 +309,7 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), tx);
+        let _progress = progress.map(|p| ProgressSlot::register(self, &id, p));
         let sent = self.publish_command(host, verb, payload, Some(&id)).await;
         let out = match sent {
             Ok(()) => tokio::time::timeout(timeout, rx)
@@ -309,6 +343,41 @@ impl Control {
                 },
             )),
         })
+    }
+}
+
+/// A request's entry in the progress map, removed when the request ends however it ends.
+struct ProgressSlot {
+    control: Control,
+    id: String,
+}
+
+impl ProgressSlot {
+    fn register(
+        c: &Control,
+        id: &str,
+        tx: tokio::sync::mpsc::UnboundedSender<ImageProgress>,
+    ) -> Self {
+        c.inner
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), tx);
+        Self {
+            control: c.clone(),
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for ProgressSlot {
+    fn drop(&mut self) {
+        self.control
+            .inner
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 

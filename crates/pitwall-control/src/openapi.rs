@@ -23,9 +23,12 @@ fn ok(schema: &str, status: &str) -> Value {
 }
 
 /// A pull also fails at the registry: `registry_unauthorized` and `registry_error` are 502.
+/// With `Accept: application/x-ndjson` it answers 200 and a stream of `PullEvent` lines.
 fn pull_responses() -> Value {
     let mut r = ok("Image", "201");
     r["502"] = json!({"$ref": "#/components/responses/Error"});
+    r["200"] = json!({"description": "Asked with Accept: application/x-ndjson: one PullEvent per line, the last one `done` or `error`",
+        "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/PullEvent"}}}});
     r
 }
 
@@ -137,7 +140,10 @@ pub(crate) fn document() -> Value {
             },
             "/v1/images/{reference}": {
                 "parameters": [{"name": "reference", "in": "path", "required": true, "schema": {"type": "string"}, "description": "NAME:TAG, slashes allowed"}],
-                "get": {"summary": "Show an image", "responses": ok("Image", "200")}
+                "get": {"summary": "Show an image: digest, size, config, owner, the VMs using it", "responses": ok("Image", "200")},
+                "delete": {"summary": "Remove an image from its host (which garbage-collects what no image needs) and from the cluster; only its owner or an admin; 409 image_in_use while VMs (not DELETED) use it, unless force",
+                    "parameters": [{"name": "force", "in": "query", "required": false, "schema": {"type": "boolean"}, "description": "remove it even while VMs use it (they keep running but cannot start again), or while its host is down (the host keeps its copy)"}],
+                    "responses": ok("Image", "200")}
             }
         },
         "components": {
@@ -177,7 +183,14 @@ pub(crate) fn document() -> Value {
                     "disk_mib": {"type": "integer", "minimum": 16, "maximum": 1048576, "default": 1024},
                     "start": {"type": "boolean", "default": true},
                     "group": {"type": "string", "description": "share with a group you are in; charged to its policy"},
-                    "delegation": {"type": "string", "description": "charge to a delegation you hold"}}},
+                    "delegation": {"type": "string", "description": "charge to a delegation you hold"},
+                    "run": {"$ref": "#/components/schemas/RunOverrides"}}},
+                "RunOverrides": {"type": "object", "additionalProperties": false, "description": "changes to the image's run configuration, with docker run's rules: entrypoint drops the image's Cmd unless cmd is given too", "properties": {
+                    "entrypoint": {"type": "array", "items": {"type": "string"}},
+                    "cmd": {"type": "array", "items": {"type": "string"}},
+                    "env": {"type": "array", "items": {"type": "string", "pattern": "^[^=]+="}, "description": "KEY=value, replacing the image's entry of the same key"},
+                    "working_dir": {"type": "string", "description": "absolute path"},
+                    "user": {"type": "string", "description": "NAME, UID or UID:GID"}}},
                 "Vm": {"type": "object", "properties": {
                     "id": {"type": "string"}, "name": {"type": "string"}, "image": {"type": "string"},
                     "vcpus": {"type": "integer"}, "memory_mib": {"type": "integer"}, "disk_mib": {"type": "integer"},
@@ -185,12 +198,22 @@ pub(crate) fn document() -> Value {
                     "desired_state": {"type": "string", "enum": ["RUNNING", "STOPPED", "DELETED"]},
                     "generation": {"type": "integer"}, "owner": {"type": "string"}, "group": {"type": ["string", "null"]},
                     "host": {"type": ["string", "null"]}, "reason": {"type": ["string", "null"]},
+                    "run": {"$ref": "#/components/schemas/RunOverrides"},
+                    "exposed_ports": {"type": "array", "items": {"type": "string"}, "description": "the image's ExposedPorts when the VM was created"},
                     "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
                 "VmList": {"type": "object", "properties": {"vms": {"type": "array", "items": {"$ref": "#/components/schemas/Vm"}}}},
                 "Image": {"type": "object", "properties": {
                     "reference": {"type": "string"}, "digest": {"type": "string"}, "size_bytes": {"type": "integer"},
-                    "config": {"type": "object"}, "host": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}},
+                    "config": {"type": "object"}, "host": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
+                    "owner": {"type": "string", "description": "who imported or pulled it"},
+                    "used_by": {"type": "array", "items": {"type": "string"}, "description": "VMs (not DELETED) using it that the caller may see, OWNER:NAME"},
+                    "used_by_count": {"type": "integer", "description": "VMs (not DELETED) using it, all users"}}},
                 "ImageList": {"type": "object", "properties": {"images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}}},
+                "PullEvent": {"type": "object", "required": ["event"], "description": "blob: {digest, bytes_done, bytes_total, present}; building: {digest}; done: {image}; error: {status, error}", "properties": {
+                    "event": {"type": "string", "enum": ["blob", "building", "done", "error"]},
+                    "digest": {"type": "string"}, "bytes_done": {"type": "integer"}, "bytes_total": {"type": "integer"}, "present": {"type": "boolean"},
+                    "image": {"$ref": "#/components/schemas/Image"}, "status": {"type": "integer"},
+                    "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
                 "PullImageRequest": {"type": "object", "required": ["reference"], "additionalProperties": false, "properties": {"reference": {"type": "string", "description": "[registry/]repository[:tag][@digest]; no registry means Docker Hub"}}},
                 "Event": {"type": "object", "properties": {
                     "seq": {"type": "integer"}, "vm_id": {"type": "string"}, "vm_name": {"type": "string"},
@@ -235,7 +258,7 @@ pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/events", &["get"]),
     ("/v1/images", &["post", "get"]),
     ("/v1/images/pull", &["post"]),
-    ("/v1/images/{reference}", &["get"]),
+    ("/v1/images/{reference}", &["get", "delete"]),
 ];
 
 #[cfg(test)]

@@ -227,38 +227,36 @@ impl Actor {
             })?;
         let (data, config) = self.disk_paths();
         let disk_mib = spec.disk_mib;
-        let argv: Vec<String> = image
-            .config
-            .entrypoint
-            .iter()
-            .chain(image.config.cmd.iter())
-            .cloned()
-            .collect();
-        if argv.is_empty() {
+        let c = &image.config;
+        let run = spec
+            .run
+            .resolve(&c.entrypoint, &c.cmd, &c.env, &c.working_dir, &c.user);
+        if run.argv.is_empty() {
             return Err(format!(
-                "image {reference} has neither Entrypoint nor Cmd: nothing to run in the VM"
+                "image {reference} has neither Entrypoint nor Cmd, and none was given at create: nothing to run in the VM (give --cmd or --entrypoint)"
             ));
         }
         let guest = GuestConfig {
             vm_id: self.rec.id.to_string(),
             hostname: spec.name.clone(),
-            argv,
-            env: image.config.env.clone(),
-            working_dir: image.config.working_dir.clone(),
-            user: image.config.user.clone(),
+            argv: run.argv,
+            env: run.env,
+            working_dir: run.working_dir,
+            user: run.user,
             base_label: pitwall_vmm::BASE_LABEL.into(),
             data_label: pitwall_vmm::DATA_LABEL.into(),
         };
         let (d, c) = (data.clone(), config.clone());
+        let templates = self.host.inner.cfg.data_dir.join("disk-templates");
         tokio::task::spawn_blocking(move || -> Result<(), String> {
-            if !d.exists() {
-                pitwall_vmm::disk::create_data_disk(
-                    &d,
-                    u64::from(disk_mib),
-                    pitwall_vmm::DATA_LABEL,
-                )
-                .map_err(|e| e.to_string())?;
-            }
+            // Kept when it holds the VM's filesystem; else a copy of an empty-ext4 template.
+            pitwall_vmm::disk::ensure_data_disk(
+                &d,
+                u64::from(disk_mib),
+                pitwall_vmm::DATA_LABEL,
+                &templates,
+            )
+            .map_err(|e| e.to_string())?;
             pitwall_vmm::disk::write_config_disk(&c, &guest).map_err(|e| e.to_string())
         })
         .await

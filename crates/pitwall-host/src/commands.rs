@@ -10,8 +10,8 @@ use pitwall_image::registry::PullProgress;
 use pitwall_image::ImageCache;
 use pitwall_image::ImageError;
 use pitwall_proto::v1::{
-    envelope::Payload, image_command, vm_command, ConsoleOutput, Envelope, ImageCommand,
-    ImageErrorKind, ImageStatus, VmCommand,
+    envelope::Payload, image_command, image_progress, vm_command, BlobProgress, ConsoleOutput,
+    Envelope, ImageCommand, ImageErrorKind, ImageProgress, ImageStatus, VmCommand,
 };
 use pitwall_proto::{decode_envelope, encode_envelope, routing};
 use tracing::{debug, info, warn};
@@ -265,7 +265,7 @@ impl Host {
                     .await
                 }
                 Some(image_command::Command::Remove(rm)) => host.remove_image(&rm.reference).await,
-                Some(image_command::Command::Pull(p)) => host.pull(&p.reference).await,
+                Some(image_command::Command::Pull(p)) => host.pull(&p.reference, &env).await,
                 None => return,
             };
             if let Ok(key) = routing::image_status_key(&host.inner.cfg.name) {
@@ -337,22 +337,45 @@ impl Host {
     }
 
     /// Pull `reference` from its registry with this host's registry settings, as an image
-    /// job like an import. Progress is logged at debug level.
+    /// job like an import. Progress goes to the asker's reply key as ImageProgress (with the
+    /// command's correlation id), throttled by [`ProgressThrottle`], all of it before the
+    /// answer.
     ///
     /// The pull runs on the job's blocking thread through the runtime's handle: it need not
     /// be `Send` then (rustc cannot prove that of `registry::pull`'s future, issue 102211).
-    async fn pull(&self, reference: &str) -> ImageStatus {
+    async fn pull(&self, reference: &str, asked: &Envelope) -> ImageStatus {
         info!(image = reference, "pulling image");
         let opts = self.inner.cfg.registry.clone();
         let rt = tokio::runtime::Handle::current();
-        let name = reference.to_string();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ImageProgress>();
+        let relay = {
+            let host = self.clone();
+            let asked = asked.clone();
+            tokio::spawn(async move {
+                while let Some(p) = rx.recv().await {
+                    host.reply(&asked, Payload::ImageProgress(p)).await;
+                }
+            })
+        };
+        let (name, host_name) = (reference.to_string(), self.inner.cfg.name.clone());
         let (mut st, info) = self
             .image_job(reference, move |images, r| {
-                let progress =
-                    |p: PullProgress| debug!(image = name, progress = ?p, "pull progress");
+                let throttle = ProgressThrottle::default();
+                let progress = |p: PullProgress| {
+                    debug!(image = name, progress = ?p, "pull progress");
+                    if let Some(event) = throttle.admit(p) {
+                        let _ = tx.send(ImageProgress {
+                            reference: name.clone(),
+                            host: host_name.clone(),
+                            event: Some(event),
+                        });
+                    }
+                };
                 rt.block_on(pitwall_image::registry::pull(images, r, &opts, &progress))
             })
             .await;
+        // The job (and its sender) is gone: the relay ends once every report is out.
+        let _ = relay.await;
         match info {
             Some(info) => {
                 info!(image = reference, digest = info.digest, "image pulled");
@@ -371,6 +394,54 @@ impl Host {
             .await;
         st.removed = existed.unwrap_or(false);
         st
+    }
+}
+
+/// Which pull progress reports go on the wire: the first and last of each blob, and at most
+/// one every [`ProgressThrottle::EVERY`] per blob in between; every `Present` and `Building`.
+#[derive(Default)]
+struct ProgressThrottle {
+    last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl ProgressThrottle {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+    fn admit(&self, p: PullProgress) -> Option<image_progress::Event> {
+        match p {
+            PullProgress::Downloading {
+                digest,
+                bytes_done,
+                bytes_total,
+            } => {
+                let now = std::time::Instant::now();
+                let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+                let edge = bytes_done == 0 || bytes_done >= bytes_total;
+                let due = last
+                    .get(&digest)
+                    .is_none_or(|t| now.duration_since(*t) >= Self::EVERY);
+                if !edge && !due {
+                    return None;
+                }
+                last.insert(digest.clone(), now);
+                Some(image_progress::Event::Blob(BlobProgress {
+                    digest,
+                    bytes_done,
+                    bytes_total,
+                    present: false,
+                }))
+            }
+            PullProgress::Present {
+                digest,
+                bytes_total,
+            } => Some(image_progress::Event::Blob(BlobProgress {
+                digest,
+                bytes_done: bytes_total,
+                bytes_total,
+                present: true,
+            })),
+            PullProgress::Building { digest } => Some(image_progress::Event::Building(digest)),
+        }
     }
 }
 
@@ -407,6 +478,33 @@ fn tail(path: &Path, max: u64) -> Result<(Vec<u8>, bool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_keeps_edges_and_thins_the_middle() {
+        let t = ProgressThrottle::default();
+        let dl = |done| PullProgress::Downloading {
+            digest: "sha256:a".into(),
+            bytes_done: done,
+            bytes_total: 100,
+        };
+        assert!(t.admit(dl(0)).is_some(), "first");
+        assert!(t.admit(dl(10)).is_none(), "too soon");
+        assert!(t.admit(dl(100)).is_some(), "last");
+        std::thread::sleep(ProgressThrottle::EVERY);
+        assert!(t.admit(dl(50)).is_some(), "due again");
+        let other = PullProgress::Downloading {
+            digest: "sha256:b".into(),
+            bytes_done: 5,
+            bytes_total: 100,
+        };
+        assert!(t.admit(other).is_some(), "each blob has its own pace");
+        assert!(matches!(
+            t.admit(PullProgress::Building {
+                digest: "sha256:m".into()
+            }),
+            Some(image_progress::Event::Building(_))
+        ));
+    }
 
     #[test]
     fn tail_returns_the_end_and_says_when_cut() {

@@ -185,6 +185,21 @@ impl Host {
                 .await
                 .map_err(|e| HostError::Config(format!("image cache open panicked: {e}")))??
         };
+        {
+            // What a crash left (work of dead imports, blobs of dead pulls) goes now, in the
+            // background; removals collect as they go.
+            let images = images.clone();
+            tokio::task::spawn_blocking(move || match images.gc() {
+                Ok(r) => tracing::info!(
+                    images = r.images_removed,
+                    blobs = r.blobs_removed,
+                    work = r.work_removed,
+                    bytes = r.bytes_freed,
+                    "image cache collected at start"
+                ),
+                Err(e) => tracing::warn!(error = %e, "image cache collection at start failed"),
+            });
+        }
         tracing::info!(host = cfg.name, vmm = vmm.kind(), kernel = %kernel.display(), initrd = %initrd.display(), "host ready to run VMs");
         let host = Host {
             inner: Arc::new(Inner {

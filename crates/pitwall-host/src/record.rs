@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use pitwall_core::{DesiredState, VmState};
+use pitwall_core::{DesiredState, RunOverrides, VmState};
 use serde::{Deserialize, Serialize};
 
 use crate::{io_err, HostError};
@@ -19,6 +19,9 @@ pub struct Spec {
     pub memory_mib: u32,
     pub disk_mib: u32,
     pub owner: String,
+    /// Changes to the image's run configuration; empty: the image's own.
+    #[serde(default, skip_serializing_if = "RunOverrides::is_empty")]
+    pub run: RunOverrides,
 }
 
 impl From<&pitwall_proto::v1::VmSpec> for Spec {
@@ -30,6 +33,7 @@ impl From<&pitwall_proto::v1::VmSpec> for Spec {
             memory_mib: s.memory_mib,
             disk_mib: s.disk_mib,
             owner: s.owner.clone(),
+            run: s.run.as_ref().map(RunOverrides::from).unwrap_or_default(),
         }
     }
 }
@@ -127,6 +131,11 @@ mod tests {
                     memory_mib: 256,
                     disk_mib: 64,
                     owner: "admin".into(),
+                    run: RunOverrides {
+                        cmd: Some(vec!["/bin/sh".into()]),
+                        env: vec!["A=1".into()],
+                        ..Default::default()
+                    },
                 },
                 grace_ms: 0,
             },

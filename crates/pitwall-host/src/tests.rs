@@ -71,6 +71,7 @@ fn spec(name: &str, image: &str) -> VmSpec {
         memory_mib: 192,
         disk_mib: 8,
         owner: "alice".into(),
+        run: None,
     }
 }
 
@@ -290,6 +291,121 @@ async fn create_boots_on_read_only_base_writable_data_and_read_only_config_disks
     assert_eq!((cfg.vcpus, cfg.memory_mib), (2, 192));
     assert_eq!(cfg.run_dir, dir.join("run"));
     assert_eq!(cfg.kernel, PathBuf::from("/boot/vmlinuz"));
+    h.expect_states(id, &[VmState::Creating, VmState::Starting])
+        .await;
+}
+
+/// Bytes a tree takes on disk (allocated blocks, not apparent sizes).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).unwrap();
+    if !m.is_dir() {
+        return m.blocks() * 512;
+    }
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| allocated(&e.unwrap().path()))
+        .sum()
+}
+
+#[tokio::test]
+async fn two_vms_of_one_image_share_its_base_and_the_second_copies_nothing_of_it() {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Harness::start().await;
+    // An image whose base is big enough that any copy of it would show.
+    let src = tempfile::tempdir().unwrap();
+    let rootfs = src.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let noise: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(rootfs.join("bin/blob"), noise).unwrap();
+    let layout = src.path().join("layout");
+    let config = ImageConfig {
+        cmd: vec!["/bin/blob".into()],
+        ..Default::default()
+    };
+    pitwall_image::build::layout_from_rootfs_dir(&rootfs, &layout, &config, "latest").unwrap();
+    let cache = ImageCache::open(&h.dir.path().join("images")).unwrap();
+    let info = cache
+        .import(&layout, &ImageRef::parse("big:1").unwrap())
+        .unwrap();
+    let base = std::fs::metadata(&info.rootfs).unwrap();
+    assert!(
+        base.blocks() * 512 >= 8 << 20,
+        "the base holds the 8 MiB file"
+    );
+    let images_before = allocated(&h.dir.path().join("images"));
+
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    for (n, id) in [a, b].into_iter().enumerate() {
+        h.create_with(id, 1, true, spec(&format!("vm-{n}"), "big:1"))
+            .await;
+        h.expect_states(id, &[VmState::Creating, VmState::Starting])
+            .await;
+    }
+    let first = h.vmm.launch_number(1).await.cfg;
+    let second = h.vmm.launch_number(2).await.cfg;
+    for cfg in [&first, &second] {
+        let d = &cfg.disks[0];
+        assert!(d.read_only, "the base is attached read-only");
+        let m = std::fs::metadata(&d.path).unwrap();
+        assert_eq!(
+            (m.dev(), m.ino()),
+            (base.dev(), base.ino()),
+            "both VMs boot the cache's one base file, not a copy"
+        );
+    }
+    let after = std::fs::metadata(&info.rootfs).unwrap();
+    assert_eq!(
+        after.mtime_nsec(),
+        base.mtime_nsec(),
+        "the base was not written"
+    );
+    assert_eq!(
+        allocated(&h.dir.path().join("images")),
+        images_before,
+        "the image cache did not grow"
+    );
+    // What the second VM has of its own: a sparse data disk and a config disk, far less than
+    // the base it boots.
+    let own = allocated(&h.vm_dir(b));
+    assert!(
+        own < 4 << 20,
+        "the second VM's own files take {own} bytes; the base takes {}",
+        base.blocks() * 512
+    );
+}
+
+#[tokio::test]
+async fn run_overrides_reach_the_guests_config_disk() {
+    let mut h = Harness::start().await;
+    let id = Uuid::new_v4();
+    let mut s = spec("web", IMAGE);
+    s.run = Some(pitwall_proto::v1::RunOverrides::from(
+        &pitwall_core::RunOverrides {
+            entrypoint: Some(vec!["/bin/sh".into()]),
+            cmd: Some(vec!["-c".into(), "echo hi".into()]),
+            env: vec!["A=1".into()],
+            working_dir: Some("/srv".into()),
+            user: Some("1000".into()),
+        },
+    ));
+    h.create_with(id, 1, true, s).await;
+    let cfg = h.vmm.launch_number(1).await.cfg;
+    let guest = pitwall_vmm::disk::read_config_disk(&cfg.disks[2].path).unwrap();
+    assert_eq!(guest.argv, ["/bin/sh", "-c", "echo hi"]);
+    assert_eq!(guest.env, ["A=1"]);
+    assert_eq!(
+        (guest.working_dir.as_str(), guest.user.as_str()),
+        ("/srv", "1000")
+    );
+    // Without overrides the image's own configuration stands.
+    let other = Uuid::new_v4();
+    h.create_with(other, 1, true, spec("plain", IMAGE)).await;
+    let cfg = h.vmm.launch_number(2).await.cfg;
+    let guest = pitwall_vmm::disk::read_config_disk(&cfg.disks[2].path).unwrap();
+    assert_eq!(guest.argv, ["/bin/true"]);
     h.expect_states(id, &[VmState::Creating, VmState::Starting])
         .await;
 }
@@ -704,6 +820,48 @@ async fn import_of_a_corrupt_file_answers_an_error_and_keeps_the_archive_unless_
     assert_eq!(st.error_kind(), ImageErrorKind::Invalid);
     assert!(st.digest.is_empty());
     assert!(archive.exists());
+}
+
+/// Sends a removal of `reference` and returns the host's answer.
+async fn remove_image(h: &Harness, reference: &str) -> ImageStatus {
+    let reply_key = routing::reply_key("r1").unwrap();
+    let mut replies = h.listen("test.replies", &reply_key).await;
+    let cmd = ImageCommand {
+        command: Some(image_command::Command::Remove(
+            pitwall_proto::v1::RemoveImage {
+                reference: reference.into(),
+            },
+        )),
+    };
+    let env =
+        Envelope::new(SENDER, Some("rm-1"), Payload::ImageCommand(cmd)).with_reply_to(&reply_key);
+    let key = routing::image_command_key(HOST, routing::verb::REMOVE).unwrap();
+    h.publish(&key, env).await;
+    let answer = next_payload(&mut replies).await;
+    assert_eq!(answer.correlation_id, "rm-1");
+    match answer.payload {
+        Some(Payload::ImageStatus(s)) => s,
+        other => panic!("not an image status: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn remove_answers_removed_deletes_the_image_and_a_second_remove_answers_not_removed() {
+    let h = Harness::start().await;
+    let cache = ImageCache::open(&h.dir.path().join("images")).unwrap();
+    let r = ImageRef::parse(IMAGE).unwrap();
+    let rootfs = cache.get(&r).unwrap().expect("imported").rootfs;
+    let st = remove_image(&h, IMAGE).await;
+    assert!(st.ok, "{}", st.error);
+    assert!(st.removed);
+    assert_eq!(cache.get(&r).unwrap(), None);
+    assert!(
+        !rootfs.exists(),
+        "no reference is left: the built image is collected"
+    );
+    let st = remove_image(&h, IMAGE).await;
+    assert!(st.ok, "{}", st.error);
+    assert!(!st.removed);
 }
 
 #[tokio::test]

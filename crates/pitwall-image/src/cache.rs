@@ -5,8 +5,10 @@
 //! <root>/images/<digest-hex>/image.json    what was built (digest, size, run config)
 //! <root>/refs/<name>-<hash>.json           one file per reference: {reference, digest}
 //! <root>/locks/<digest-hex>.lock           held while that digest is being built
-//! <root>/tmp/<work>/                       one import's work (staging tree, ext4 before publish)
+//! <root>/tmp/<work>/                       one import's work (ext4 before publish; the staging
+//!                                          tree too unless it fits on /dev/shm: see rootfs.rs)
 //! <root>/cache.lock                        held briefly around ref changes and deletions
+//! <root>/blobs/                            pulled blobs (see `registry`), collected by `gc`
 //! ```
 //!
 //! An image directory appears only by an atomic `rename` of a complete work directory and
@@ -16,6 +18,13 @@
 //! `flock`s, so they hold across processes and are released when a process dies. A work
 //! directory is removed when its import ends, on success or error; one left by a killed
 //! process is swept by the next [`ImageCache::open`] (its own lock is no longer held).
+//!
+//! Garbage collection ([`ImageCache::gc`], run after every [`ImageCache::remove`]) deletes
+//! what no reference needs: built images no reference names (a grace period spares one an
+//! import has just built and is about to name), the pulled blobs no remaining image was built
+//! from (`image.json` lists them; an image built before that list existed keeps none, so a
+//! later pull downloads them again) unless a pull in progress has pinned them, and work left
+//! by dead imports.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -82,6 +91,54 @@ struct ImageRecord {
     os: String,
     architecture: String,
     config: ImageConfig,
+    /// Digest of the config blob; absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config_digest: Option<String>,
+    /// Digests of the layer blobs as stored (compressed), in order; empty in records written
+    /// before they were kept, and for `docker save` layers not named by digest.
+    #[serde(default)]
+    layers: Vec<String>,
+}
+
+/// Unreferenced built images younger than this are left to the import that built them (it
+/// names them right after building).
+const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Everything the cache knows about one built image ([`ImageCache::inspect`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ImageDetails {
+    /// The reference asked about, canonical.
+    pub reference: String,
+    /// Every reference naming the same image, sorted (`reference` among them).
+    pub references: Vec<String>,
+    pub digest: String,
+    pub rootfs: PathBuf,
+    /// Size of the ext4 file in bytes.
+    pub size_bytes: u64,
+    /// File data of the unpacked layers, in bytes.
+    pub unpacked_bytes: u64,
+    /// What it was imported from: `oci-layout` (also pulls) or `docker-save`.
+    pub format: String,
+    pub os: String,
+    pub architecture: String,
+    pub config: ImageConfig,
+    /// Digest of the config blob, when recorded.
+    pub config_digest: Option<String>,
+    /// Digests of the layer blobs, in order, when recorded.
+    pub layers: Vec<String>,
+}
+
+/// What a garbage collection deleted ([`ImageCache::gc`]).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Built images no reference named.
+    pub images_removed: u64,
+    /// Pulled blobs no image needed.
+    pub blobs_removed: u64,
+    /// Work directories of dead imports, and trash.
+    pub work_removed: u64,
+    /// Bytes of file data deleted, all kinds together.
+    pub bytes_freed: u64,
 }
 
 /// What a file in `refs/` holds.
@@ -92,12 +149,12 @@ struct RefRecord {
 }
 
 /// An exclusive `flock` held until drop (closing the file releases it).
-struct Locked {
+pub(crate) struct Locked {
     _file: File,
 }
 
 /// Waits for an exclusive lock on `path`.
-fn lock(path: &Path) -> Result<Locked, ImageError> {
+pub(crate) fn lock(path: &Path) -> Result<Locked, ImageError> {
     let file = open_lock_file(path)?;
     flock(&file, FlockOperation::LockExclusive)
         .map_err(|e| ImageError::io("lock", path, e.into()))?;
@@ -105,7 +162,7 @@ fn lock(path: &Path) -> Result<Locked, ImageError> {
 }
 
 /// Takes an exclusive lock on `path` if nobody holds it.
-fn try_lock(path: &Path) -> Result<Option<Locked>, ImageError> {
+pub(crate) fn try_lock(path: &Path) -> Result<Option<Locked>, ImageError> {
     let file = open_lock_file(path)?;
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(Some(Locked { _file: file })),
@@ -184,7 +241,14 @@ impl ImageCache {
 
     fn sweep(&self) -> Result<(), ImageError> {
         let _g = self.global()?;
+        self.sweep_tmp().map(drop)
+    }
+
+    /// Removes the entries of `tmp/` whose lock nobody holds (work of dead imports, trash);
+    /// returns how many and their bytes. The caller holds `cache.lock`.
+    fn sweep_tmp(&self) -> Result<(u64, u64), ImageError> {
         let tmp = self.tmp_dir();
+        let (mut count, mut bytes) = (0, 0);
         for e in fs::read_dir(&tmp).ctx("read directory", &tmp)? {
             let path = e.ctx("read directory", &tmp)?.path();
             let stale = match fs::symlink_metadata(path.join(".lock")) {
@@ -193,10 +257,12 @@ impl ImageCache {
             };
             if stale {
                 tracing::info!(path = %path.display(), "removing work left by an interrupted import");
+                bytes += disk_usage(&path);
+                count += 1;
                 remove_any(&path);
             }
         }
-        Ok(())
+        Ok((count, bytes))
     }
 
     fn new_work(&self) -> Result<Work, ImageError> {
@@ -217,6 +283,27 @@ impl ImageCache {
     /// Builds the ext4 base image unless one with the same digest is cached, and registers
     /// `reference` for it (replacing what it named before).
     pub fn import(&self, source: &Path, reference: &ImageRef) -> Result<ImageInfo, ImageError> {
+        self.import_checked(source, reference, crate::rootfs::BlobCheck::BeforeApplying)
+    }
+
+    /// [`Self::import`] of a layout whose layer blobs were verified as they were stored (a
+    /// registry pull's blob store): each blob's digest is checked while it is applied (a
+    /// mismatch still fails the import and the tree is thrown away) instead of in a separate
+    /// pass that reads every blob once more.
+    pub(crate) fn import_stored(
+        &self,
+        source: &Path,
+        reference: &ImageRef,
+    ) -> Result<ImageInfo, ImageError> {
+        self.import_checked(source, reference, crate::rootfs::BlobCheck::WhileApplying)
+    }
+
+    fn import_checked(
+        &self,
+        source: &Path,
+        reference: &ImageRef,
+        check: crate::rootfs::BlobCheck,
+    ) -> Result<ImageInfo, ImageError> {
         let canonical = reference.to_string();
         tracing::info!(image = %canonical, source = %source.display(), "importing image");
         let work = self.new_work()?;
@@ -233,7 +320,7 @@ impl ImageCache {
             })?
             .to_string();
         for _ in 0..3 {
-            self.ensure_built(&src, &resolved, &hex, &work)?;
+            self.ensure_built(&src, &resolved, &hex, &work, check)?;
             let _g = self.global()?;
             // A concurrent `remove` may have deleted it between build and registration.
             if let Some(record) = self.read_record(&hex)? {
@@ -270,6 +357,7 @@ impl ImageCache {
         image: &ResolvedImage,
         hex: &str,
         work: &Work,
+        check: crate::rootfs::BlobCheck,
     ) -> Result<(), ImageError> {
         let _build = lock(&self.root.join("locks").join(format!("{hex}.lock")))?;
         match self.read_record(hex) {
@@ -283,18 +371,20 @@ impl ImageCache {
             }
             Err(e) => return Err(e),
         }
-        let staging = work.dir.path().join("rootfs");
         let out = work.dir.path().join("out");
-        for d in [&staging, &out] {
-            remove_any(d);
-            fs::create_dir(d).ctx("create directory", d)?;
-        }
-        fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))
-            .ctx("set the mode of", &staging)?;
-        let unpacked_bytes = crate::rootfs::unpack(src, image, &staging, self.limits())?;
+        remove_any(&out);
+        fs::create_dir(&out).ctx("create directory", &out)?;
         let rootfs = out.join("rootfs.ext4");
-        let size_bytes = ext4::build(&self.options.mkfs_ext4, &staging, &rootfs)?;
-        remove_any(&staging);
+        // The staging tree: on a tmpfs when the image fits, else in the work directory.
+        let (unpacked_bytes, size_bytes) = crate::rootfs::unpack_to_ext4(
+            src,
+            image,
+            work.dir.path(),
+            self.limits(),
+            check,
+            &self.options.mkfs_ext4,
+            &rootfs,
+        )?;
         fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o444))
             .ctx("set the mode of", &rootfs)?;
         File::open(&rootfs)
@@ -312,6 +402,12 @@ impl ImageCache {
             os: image.platform.os.clone(),
             architecture: image.platform.architecture.clone(),
             config: image.config.clone(),
+            config_digest: config_digest_of(src, image),
+            layers: image
+                .layers
+                .iter()
+                .filter_map(|l| l.digest.clone())
+                .collect(),
         };
         write_json(&out.join("image.json"), &record)?;
         let dest = self.image_dir(hex);
@@ -477,7 +573,137 @@ impl ImageCache {
         if let Some(t) = trash {
             remove_any(&t);
         }
+        // The reference is gone whatever the collection finds; a failure is only logged.
+        match self.gc() {
+            Ok(report) => {
+                tracing::debug!(image = %canonical, ?report, "garbage collected after remove")
+            }
+            Err(e) => {
+                tracing::warn!(image = %canonical, error = %e, "garbage collection after remove failed")
+            }
+        }
         Ok(true)
+    }
+
+    /// Everything the cache knows about the image `reference` names: its record, the blobs it
+    /// was built from (when recorded) and every reference naming it. `None` when `reference`
+    /// is not imported.
+    pub fn inspect(&self, reference: &ImageRef) -> Result<Option<ImageDetails>, ImageError> {
+        let canonical = reference.to_string();
+        let Some(r) = self
+            .read_ref(&self.ref_path(&canonical))?
+            .filter(|r| r.reference == canonical)
+        else {
+            return Ok(None);
+        };
+        let Some(hex) = digest::sha256_hex(&r.digest).map(str::to_string) else {
+            return Err(ImageError::CacheCorrupt {
+                path: self.ref_path(&canonical),
+                detail: format!("digest {:?} is not sha256", r.digest),
+            });
+        };
+        let Some(record) = self.read_record(&hex)? else {
+            return Ok(None);
+        };
+        let references = self
+            .all_refs()?
+            .into_iter()
+            .filter(|(_, o)| o.digest == r.digest)
+            .map(|(_, o)| o.reference)
+            .collect();
+        Ok(Some(ImageDetails {
+            reference: canonical,
+            references,
+            digest: record.digest,
+            rootfs: self.image_dir(&hex).join("rootfs.ext4"),
+            size_bytes: record.size_bytes,
+            unpacked_bytes: record.unpacked_bytes,
+            format: record.format,
+            os: record.os,
+            architecture: record.architecture,
+            config: record.config,
+            config_digest: record.config_digest,
+            layers: record.layers,
+        }))
+    }
+
+    /// Deletes what no reference needs: built images no reference names (unless built in
+    /// the last hour: an import names what it built right after), pulled blobs that no
+    /// remaining image was built from and no pull in progress has pinned, and work left in
+    /// `tmp/` by imports that died. Safe beside imports, pulls and removals in this and other
+    /// processes. [`ImageCache::remove`] runs it.
+    pub fn gc(&self) -> Result<GcReport, ImageError> {
+        self.gc_with(ORPHAN_GRACE)
+    }
+
+    fn gc_with(&self, grace: std::time::Duration) -> Result<GcReport, ImageError> {
+        let mut report = GcReport::default();
+        let mut needed = std::collections::HashSet::new();
+        let mut trash = Vec::new();
+        {
+            let _g = self.global()?;
+            let (work, bytes) = self.sweep_tmp()?;
+            report.work_removed = work;
+            report.bytes_freed += bytes;
+            let named: std::collections::HashSet<String> = self
+                .all_refs()?
+                .into_iter()
+                .map(|(_, r)| r.digest)
+                .collect();
+            let images = self.root.join("images");
+            for e in fs::read_dir(&images).ctx("read directory", &images)? {
+                let dir = e.ctx("read directory", &images)?.path();
+                let Some(hex) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                    continue;
+                };
+                let record = match self.read_record(&hex) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(path = %dir.display(), error = %e, "skipping a damaged image in garbage collection");
+                        continue;
+                    }
+                };
+                let digest = format!("{}{hex}", digest::SHA256_PREFIX);
+                let young = fs::metadata(&dir)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age < grace);
+                if named.contains(&digest) || young {
+                    if let Some(record) = record {
+                        needed.insert(record.digest);
+                        needed.extend(record.config_digest);
+                        needed.extend(record.layers);
+                    }
+                    continue;
+                }
+                // A build of this digest in progress is about to replace it: leave it.
+                let Some(_build) = try_lock(&self.root.join("locks").join(format!("{hex}.lock")))?
+                else {
+                    continue;
+                };
+                tracing::info!(digest = %digest, "no reference names this image; deleting it");
+                report.images_removed += 1;
+                report.bytes_freed += disk_usage(&dir);
+                trash.push(self.trash(&dir)?);
+            }
+        }
+        for t in &trash {
+            remove_any(t);
+        }
+        let (blobs, bytes) = crate::registry::blobs::collect(&self.root, &needed)?;
+        report.blobs_removed = blobs;
+        report.bytes_freed += bytes;
+        if report != GcReport::default() {
+            tracing::info!(
+                images_removed = report.images_removed,
+                blobs_removed = report.blobs_removed,
+                work_removed = report.work_removed,
+                bytes_freed = report.bytes_freed,
+                "garbage collected the image cache"
+            );
+        }
+        Ok(report)
     }
 
     /// Moves `path` into `tmp/` (atomically out of sight) and returns where it went.
@@ -494,6 +720,33 @@ impl ImageCache {
         let dest = tmp.join(name);
         fs::rename(path, &dest).ctx("move to trash", path)?;
         Ok(dest)
+    }
+}
+
+/// The digest of the config blob of `image`: the docker image ID of a `docker save` archive,
+/// else read from its (verified) manifest. `None` when the manifest cannot be read again.
+fn config_digest_of(src: &Source, image: &ResolvedImage) -> Option<String> {
+    match image.format {
+        Format::DockerSave => Some(image.digest.clone()),
+        Format::OciLayout => {
+            let hex = digest::sha256_hex(&image.digest)?;
+            let bytes = src
+                .read_document(&format!("blobs/sha256/{hex}"), "manifest")
+                .ok()?;
+            let m: crate::oci::Manifest = serde_json::from_slice(&bytes).ok()?;
+            Some(m.config.digest)
+        }
+    }
+}
+
+/// Bytes of file data under `path` (a file or a tree), not following symlinks.
+fn disk_usage(path: &Path) -> u64 {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::read_dir(path)
+            .map(|es| es.flatten().map(|e| disk_usage(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
     }
 }
 

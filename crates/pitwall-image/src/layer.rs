@@ -4,45 +4,75 @@
 //! whiteouts, and its protection against symlink tricks depends on canonicalising paths,
 //! which is a weaker promise than the one made here. The `tar` crate only parses.
 //!
-//! The rules, for input that must be assumed hostile:
-//! - Entry names are made relative (a leading `/` is stripped, as docker does) and any `..`
-//!   component refuses the whole image. Nothing is ever created outside the root.
-//! - Every parent component is examined with `symlink_metadata` and never followed: a
-//!   parent that is a symlink refuses the image ("writes through the symlink"); a missing
-//!   parent is created as a root-owned 0755 directory. The last component is never followed
-//!   either: an existing file, link or directory there is removed first (a directory is kept
-//!   only when the entry is a directory too), and files are created with `O_EXCL`.
-//! - Symlinks are created with the target as written (absolute targets are fine: they are
-//!   resolved inside the guest, never here).
-//! - Hard links name a target inside the root under the same rules; the target must already
-//!   exist and not be a directory. A target that is itself a symlink is linked as the
-//!   symlink (`linkat` without `AT_SYMLINK_FOLLOW`), so nothing outside is reached.
-//! - Whiteouts: `.wh.<name>` removes `<name>` of lower layers; `.wh..wh..opq` empties its
-//!   directory of everything lower layers put there (what this layer puts there stays, in
-//!   whatever order the entries come). A whiteout naming `.`, `..` or an empty name refuses.
-//! - Character and block devices and fifos are **not created** (policy: a guest gets its
-//!   devices from devtmpfs); each one is logged at `warn` and skipped. Other unknown entry
-//!   types are skipped the same way.
-//! - Mode (including setuid bits), uid/gid, and mtime are preserved; extended attributes from
-//!   PAX `SCHILY.xattr.*` records in the `user.` and `security.` namespaces (file
-//!   capabilities) are restored best effort: a failure is logged, not fatal. `trusted.*` (it
-//!   would steer the guest's overlayfs) and ACLs are not restored.
-//! - The byte count of all file data and the number of entries are capped; beyond the caps
-//!   the image is refused before the data is written. The `tar` crate reads PAX and GNU
-//!   long-name records into memory whole, so at most `MAX_HEADER_BYTES` may be read between
-//!   two entries.
+//! The policy, for input that must be assumed hostile. Nothing is ever created, changed or
+//! removed outside the root; what cannot be applied safely refuses the whole image with an
+//! error naming the layer and the entry; what is only unusual is contained or skipped.
+//!
+//! Refused (`ImageError::UnsafeEntry`, "…: refused"):
+//! - any `..` component in an entry name or a hard-link target (whatever the tar header
+//!   kind: ustar name and prefix, GNU long name, PAX `path` / `linkpath`);
+//! - an entry whose parent, at the time it is applied, is a symlink ("writes through the
+//!   symlink"), from this layer or an earlier one; this covers symlink-then-write,
+//!   directory symlink chains, and hard links or whiteouts through a symlink;
+//! - a hard link to the root, and a whiteout of `.`, `..` or an empty name.
+//!
+//! Refused as malformed (`ImageError::BadEntry`): a NUL byte in a name or link target, a name
+//! deeper than [`MAX_DEPTH`] components, a hard link to a directory or to a path that does not
+//! exist yet, a parent that is a file, a uid/gid beyond 32 bits. Unreadable tar streams are
+//! `CorruptLayer`.
+//!
+//! Contained:
+//! - absolute names: the leading `/` is stripped, as docker does;
+//! - symlinks are created with their target as written, absolute or relative, pointing
+//!   anywhere: they are resolved in the guest, never here. Nothing here follows a link: every
+//!   parent component is opened with `O_NOFOLLOW | O_DIRECTORY` from the root down, and the
+//!   last component is never followed either: what is there (file, link, directory) is
+//!   removed first, unless both are directories, and files are created with `O_EXCL`;
+//! - hard links name a target under the same rules; a target that is a symlink is linked
+//!   as the symlink (`linkat` without `AT_SYMLINK_FOLLOW`);
+//! - duplicated entries, and entries replacing a directory by a file or the other way
+//!   round: the later one wins, as in docker;
+//! - whiteouts: `.wh.<name>` removes `<name>` of lower layers; `.wh..wh..opq` empties its
+//!   directory (the root included) of everything lower layers put there, whatever the order
+//!   of the marker and this layer's own entries. Each directory is scanned at most once per
+//!   layer, so repeated markers cost nothing.
+//!
+//! Skipped by policy, each logged at `warn`: character and block devices and fifos (a guest
+//! gets its devices from devtmpfs, and a device node in an image would give its processes
+//! raw access to a host device if the image were ever mounted on the host), and entry types
+//! this crate does not know.
+//!
+//! Metadata: mode (setuid, setgid and sticky bits included: they take effect only in the
+//! guest; the staging tree lives in a 0700 directory of the cache), uid/gid (PAX `uid` / `gid`
+//! override the header) and mtime are preserved. Extended attributes from PAX
+//! `SCHILY.xattr.*` records are restored, best effort (a failure is logged), only in two
+//! namespaces: `user.*` except `user.overlay.*`, and `security.capability` (file
+//! capabilities). Everything else is dropped: `trusted.*` and `user.overlay.*` would steer
+//! the guest's overlayfs, which has the image as its lower layer; other `security.*`
+//! attributes (SELinux, IMA, EVM labels) are the host's business; ACLs are not supported.
+//!
+//! Limits (`Limits`, from `ImportOptions`): file data summed over all layers counts the
+//! apparent size, so a sparse file's holes count (the tar crate yields them as zeros, and the
+//! guest sees them), but blocks of zeros are written as holes: the host never allocates them.
+//! Entries are counted over all layers, directories created implicitly for a name's missing
+//! parents included. Beyond a limit the image is refused before the data is written. The `tar`
+//! crate reads PAX and GNU long-name records into memory whole, so at most
+//! `MAX_HEADER_BYTES` may be read between two entries; the caller caps the decompressed
+//! stream (see `rootfs::stream_cap`). Work per entry is linear in its name's length.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use filetime::FileTime;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use xattr::FileExt as _;
 
 use crate::error::{ImageError, IoContext};
@@ -52,6 +82,11 @@ const WHITEOUT_OPAQUE: &str = ".wh..wh..opq";
 /// Most bytes read between two entries: headers, padding, PAX records, GNU long names. Go's
 /// archive/tar (docker's reader) allows 1 MiB per record.
 const MAX_HEADER_BYTES: u64 = 4 << 20;
+/// Most components in an entry name. Linux allows 2048 within `PATH_MAX`; real images stay
+/// far below this, and each component costs a system call per entry.
+pub const MAX_DEPTH: usize = 256;
+/// Blocks of zeros this large, at this alignment, are left as holes in unpacked files.
+const HOLE_BLOCK: usize = 4096;
 
 /// A reader that, while `left` is `Some`, fails once that many bytes have been read.
 struct HeaderBudget<R> {
@@ -77,9 +112,10 @@ impl<R: Read> Read for HeaderBudget<R> {
 /// Caps on what the layers of one image may unpack to.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// File data summed over all layers (bytes overwritten by later layers still count).
+    /// File data summed over all layers, apparent sizes (bytes overwritten by later layers
+    /// still count).
     pub max_bytes: u64,
-    /// Entries summed over all layers.
+    /// Entries summed over all layers, implicitly created parent directories included.
     pub max_entries: u64,
 }
 
@@ -89,10 +125,17 @@ pub struct Applier {
     limits: Limits,
     bytes: u64,
     entries: u64,
-    /// Directory mtimes to set once all layers are in (adding children changes them).
+    /// Directory mtimes (by path relative to the root) to set once all layers are in
+    /// (adding children changes them).
     dir_times: HashMap<PathBuf, FileTime>,
-    /// Paths (relative) this layer created or wrote, for opaque whiteouts.
+    /// Paths (relative) this layer created or wrote, for opaque whiteouts. Holds every
+    /// ancestor of each path it holds.
     touched: HashSet<PathBuf>,
+    /// Directories (relative) this layer has emptied of lower content already: an opaque
+    /// whiteout skips them.
+    opaque_done: HashSet<PathBuf>,
+    /// Directory entries examined by opaque whiteouts, for tests of their cost.
+    opaque_scanned: u64,
     layer: usize,
 }
 
@@ -113,6 +156,59 @@ struct Meta {
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
+/// Why a name was not split into components.
+enum NameError {
+    DotDot,
+    Nul,
+    TooDeep,
+}
+
+/// Where a walk from the root down a list of components ended.
+enum Walk {
+    /// All components are directories (none a symlink); the absolute path.
+    Dir(PathBuf),
+    /// This prefix (relative) does not exist.
+    Missing,
+    /// This prefix (relative) is a symlink.
+    Symlink(PathBuf),
+    /// This prefix (relative) is neither a directory nor a symlink.
+    NotDir(PathBuf),
+}
+
+/// Splits an archive name into components, dropping empty ones and `.`.
+fn split_name(raw: &[u8]) -> Result<Vec<OsString>, NameError> {
+    if raw.contains(&0) {
+        return Err(NameError::Nul);
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(NameError::DotDot),
+            c => out.push(OsStr::from_bytes(c).to_os_string()),
+        }
+    }
+    if out.len() > MAX_DEPTH {
+        return Err(NameError::TooDeep);
+    }
+    Ok(out)
+}
+
+/// The extended attributes restored (see the module doc).
+fn xattr_allowed(name: &[u8]) -> bool {
+    name == b"security.capability"
+        || (name.starts_with(b"user.") && !name.starts_with(b"user.overlay."))
+}
+
+fn open_dir_nofollow<Fd: std::os::fd::AsFd>(at: Fd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        at,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 impl Applier {
     pub fn new(root: &Path, limits: Limits) -> Self {
         Self {
@@ -122,6 +218,8 @@ impl Applier {
             entries: 0,
             dir_times: HashMap::new(),
             touched: HashSet::new(),
+            opaque_done: HashSet::new(),
+            opaque_scanned: 0,
             layer: 0,
         }
     }
@@ -139,6 +237,7 @@ impl Applier {
     pub fn apply<R: Read>(&mut self, layer: usize, name: &str, tar: R) -> Result<(), ImageError> {
         self.layer = layer;
         self.touched.clear();
+        self.opaque_done.clear();
         let corrupt = |e: io::Error| ImageError::CorruptLayer {
             layer,
             name: name.to_string(),
@@ -158,12 +257,7 @@ impl Applier {
             window.set(None);
             let Some(entry) = next else { break };
             let mut entry = entry.map_err(corrupt)?;
-            self.entries += 1;
-            if self.entries > self.limits.max_entries {
-                return Err(ImageError::TooLarge {
-                    what: format!("it has more than {} entries", self.limits.max_entries),
-                });
-            }
+            self.count_entry()?;
             self.apply_entry(&mut entry, name)?;
             // Consume what was not read (data of skipped entries), outside the header budget.
             io::copy(&mut entry, &mut io::sink()).map_err(corrupt)?;
@@ -171,17 +265,30 @@ impl Applier {
         Ok(())
     }
 
+    fn count_entry(&mut self) -> Result<(), ImageError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(ImageError::TooLarge {
+                what: format!(
+                    "it has more than {} entries (implicitly created directories count)",
+                    self.limits.max_entries
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Sets the directory mtimes recorded while applying; call after the last layer.
-    pub fn finish(self) -> Result<(), ImageError> {
-        let mut dirs: Vec<(PathBuf, FileTime)> = self.dir_times.into_iter().collect();
+    pub fn finish(mut self) -> Result<(), ImageError> {
+        let mut dirs: Vec<(PathBuf, FileTime)> =
+            std::mem::take(&mut self.dir_times).into_iter().collect();
         dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-        for (p, t) in dirs {
-            // A later layer may have replaced the directory; never follow what is there now.
-            match fs::symlink_metadata(&p) {
-                Ok(m) if m.is_dir() => {
-                    filetime::set_symlink_file_times(&p, t, t).ctx("set the mtime of", &p)?
-                }
-                _ => {}
+        for (rel, t) in dirs {
+            // A later layer may have replaced the directory or one of its parents (by a
+            // symlink, say): walk it again, following nothing.
+            let comps: Vec<OsString> = rel.iter().map(OsStr::to_os_string).collect();
+            if let Walk::Dir(p) = self.walk(&comps, false)? {
+                filetime::set_symlink_file_times(&p, t, t).ctx("set the mtime of", &p)?;
             }
         }
         Ok(())
@@ -203,64 +310,110 @@ impl Applier {
         }
     }
 
-    /// Splits an archive name into components, refusing `..`.
+    /// Splits an archive name into components, refusing `..`, NUL bytes and deep names.
     fn components(&self, raw: &[u8], shown: &str) -> Result<Vec<OsString>, ImageError> {
-        let mut out = Vec::new();
-        for c in raw.split(|b| *b == b'/') {
-            match c {
-                b"" | b"." => {}
-                b".." => return Err(self.unsafe_entry(shown, "escapes the image root")),
-                c => out.push(OsStr::from_bytes(c).to_os_string()),
+        split_name(raw).map_err(|e| match e {
+            NameError::DotDot => self.unsafe_entry(shown, "escapes the image root"),
+            NameError::Nul => self.bad_entry(shown, "has a NUL byte in its name"),
+            NameError::TooDeep => {
+                self.bad_entry(shown, format!("is more than {MAX_DEPTH} directories deep"))
             }
-        }
-        Ok(out)
+        })
     }
 
-    /// Walks `parents` below the root without following anything. Missing directories are
-    /// created when `create`, otherwise `Ok(None)` is returned.
+    /// Walks `comps` from the root down, one directory file descriptor at a time, never
+    /// following a symlink. Missing directories are created (root-owned, 0755, counted as
+    /// entries) when `create`.
+    fn walk(&mut self, comps: &[OsString], create: bool) -> Result<Walk, ImageError> {
+        let mut dir = open_dir_nofollow(rustix::fs::CWD, self.root.as_os_str())
+            .map_err(|e| ImageError::io("open", &self.root, e.into()))?;
+        let mut abs = self.root.clone();
+        let mut rel = PathBuf::new();
+        for c in comps {
+            abs.push(c);
+            rel.push(c);
+            match open_dir_nofollow(&dir, c) {
+                Ok(fd) => dir = fd,
+                Err(rustix::io::Errno::NOENT) => {
+                    if !create {
+                        return Ok(Walk::Missing);
+                    }
+                    self.count_entry()?;
+                    rustix::fs::mkdirat(&dir, c.as_os_str(), Mode::from_raw_mode(0o755))
+                        .map_err(|e| ImageError::io("create directory", &abs, e.into()))?;
+                    // mkdir's mode passes through the umask.
+                    rustix::fs::chmodat(
+                        &dir,
+                        c.as_os_str(),
+                        Mode::from_raw_mode(0o755),
+                        AtFlags::empty(),
+                    )
+                    .map_err(|e| ImageError::io("set the mode of", &abs, e.into()))?;
+                    dir = open_dir_nofollow(&dir, c)
+                        .map_err(|e| ImageError::io("open", &abs, e.into()))?;
+                }
+                Err(open_err) => {
+                    let st = rustix::fs::statat(&dir, c.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| ImageError::io("inspect", &abs, e.into()))?;
+                    return Ok(match FileType::from_raw_mode(st.st_mode) {
+                        FileType::Symlink => Walk::Symlink(rel),
+                        FileType::Directory => {
+                            return Err(ImageError::io("open", &abs, open_err.into()))
+                        }
+                        _ => Walk::NotDir(rel),
+                    });
+                }
+            }
+        }
+        Ok(Walk::Dir(abs))
+    }
+
+    /// Walks `parents` below the root without following anything (see [`Self::walk`]).
+    /// Returns `Ok(None)` when one is missing and not `create`; a symlink or a file on the
+    /// way refuses the entry.
     fn parent_dir(
         &mut self,
         parents: &[OsString],
         create: bool,
         shown: &str,
     ) -> Result<Option<PathBuf>, ImageError> {
-        let mut abs = self.root.clone();
-        let mut rel = PathBuf::new();
-        for c in parents {
-            abs.push(c);
-            rel.push(c);
-            match fs::symlink_metadata(&abs) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(self.unsafe_entry(
-                        shown,
-                        format!(
-                            "writes through the symlink /{} (made by an earlier entry or layer)",
-                            rel.display()
-                        ),
-                    ))
-                }
-                Ok(_) => {
-                    return Err(self.bad_entry(
-                        shown,
-                        format!("its parent /{} is not a directory", rel.display()),
-                    ))
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if !create {
-                        return Ok(None);
-                    }
-                    fs::create_dir(&abs).ctx("create directory", &abs)?;
-                    fs::set_permissions(&abs, Permissions::from_mode(0o755))
-                        .ctx("set the mode of", &abs)?;
-                }
-                Err(e) => return Err(ImageError::io("inspect", abs, e)),
+        let abs = match self.walk(parents, create)? {
+            Walk::Dir(abs) => abs,
+            Walk::Missing => return Ok(None),
+            Walk::Symlink(rel) => {
+                return Err(self.unsafe_entry(
+                    shown,
+                    format!(
+                        "writes through the symlink /{} (made by an earlier entry or layer)",
+                        rel.display()
+                    ),
+                ))
             }
-            if create {
-                self.touched.insert(rel.clone());
+            Walk::NotDir(rel) => {
+                return Err(self.bad_entry(
+                    shown,
+                    format!("its parent /{} is not a directory", rel.display()),
+                ))
             }
+        };
+        if create {
+            self.touch(parents);
         }
         Ok(Some(abs))
+    }
+
+    /// Records `comps` and its ancestors as written by this layer. Every path in `touched`
+    /// has its ancestors there too, so the walk up stops at the first one already in.
+    fn touch(&mut self, comps: &[OsString]) {
+        let mut path: PathBuf = comps.iter().collect();
+        loop {
+            if path.as_os_str().is_empty() || !self.touched.insert(path.clone()) {
+                return;
+            }
+            if !path.pop() {
+                return;
+            }
+        }
     }
 
     fn apply_entry<R: Read>(
@@ -279,7 +432,10 @@ impl Applier {
                 let meta = self.meta(entry, &shown)?;
                 let root = self.root.clone();
                 self.set_meta(&root, &meta)?;
-                self.dir_times.insert(root, meta.mtime);
+                self.dir_times.insert(PathBuf::new(), meta.mtime);
+                return Ok(());
+            }
+            if ty.is_pax_global_extensions() {
                 return Ok(());
             }
             return Err(self.bad_entry(&shown, "names the image root but is not a directory"));
@@ -301,6 +457,9 @@ impl Applier {
             if target.is_empty() {
                 return Err(self.bad_entry(&shown, "symlink with an empty target"));
             }
+            if target.contains(&0) {
+                return Err(self.bad_entry(&shown, "symlink target has a NUL byte"));
+            }
             Kind::Symlink(OsStr::from_bytes(&target).to_os_string())
         } else if ty.is_hard_link() {
             let target = entry
@@ -308,11 +467,16 @@ impl Applier {
                 .ok_or_else(|| self.bad_entry(&shown, "hard link without a target"))?
                 .into_owned();
             let t_shown = String::from_utf8_lossy(&target).into_owned();
-            let t = self.components(&target, &shown).map_err(|_| {
-                self.unsafe_entry(
+            let t = split_name(&target).map_err(|e| match e {
+                NameError::DotDot => self.unsafe_entry(
                     &shown,
                     format!("hard-links to {t_shown:?}, outside the image root"),
-                )
+                ),
+                NameError::Nul => self.bad_entry(&shown, "hard link target has a NUL byte"),
+                NameError::TooDeep => self.bad_entry(
+                    &shown,
+                    format!("hard link target is more than {MAX_DEPTH} directories deep"),
+                ),
             })?;
             if t.is_empty() {
                 return Err(self.unsafe_entry(&shown, "hard-links to the image root"));
@@ -328,7 +492,7 @@ impl Applier {
             Kind::Skip("entry of an unknown type")
         };
         if let Kind::Skip(what) = kind {
-            tracing::warn!(layer = self.layer, blob = layer_name, entry = %shown, "{what} not created: device nodes, fifos and unknown entry types are skipped by policy");
+            tracing::warn!(layer = self.layer, blob = layer_name, entry = ?shown, "{what} not created: device nodes, fifos and unknown entry types are skipped by policy");
             return Ok(());
         }
 
@@ -345,7 +509,7 @@ impl Applier {
                     fs::create_dir(&target).ctx("create directory", &target)?;
                 }
                 self.set_meta(&target, &meta)?;
-                self.dir_times.insert(target, meta.mtime);
+                self.dir_times.insert(rel.clone(), meta.mtime);
             }
             Kind::File => {
                 self.clear_target(&target, false)?;
@@ -370,26 +534,25 @@ impl Applier {
                     )
                 })?;
                 let src = src_parent.join(to_last);
-                if src == target {
-                    return Ok(());
-                }
-                match fs::symlink_metadata(&src) {
-                    Ok(m) if m.is_dir() => {
-                        return Err(self.bad_entry(&shown, "hard link to a directory"))
+                if src != target {
+                    match fs::symlink_metadata(&src) {
+                        Ok(m) if m.is_dir() => {
+                            return Err(self.bad_entry(&shown, "hard link to a directory"))
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            return Err(self.bad_entry(
+                                &shown,
+                                "hard link target does not exist (it must come earlier)",
+                            ))
+                        }
+                        Err(e) => return Err(ImageError::io("inspect", src, e)),
                     }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(self.bad_entry(
-                            &shown,
-                            "hard link target does not exist (it must come earlier)",
-                        ))
-                    }
-                    Err(e) => return Err(ImageError::io("inspect", src, e)),
+                    self.clear_target(&target, false)?;
+                    // std's hard_link is linkat(2) without AT_SYMLINK_FOLLOW: a symlink
+                    // target is linked as the symlink, never followed.
+                    fs::hard_link(&src, &target).ctx("create hard link", &target)?;
                 }
-                self.clear_target(&target, false)?;
-                // std's hard_link is linkat(2) without AT_SYMLINK_FOLLOW: a symlink target is
-                // linked as the symlink, never followed.
-                fs::hard_link(&src, &target).ctx("create hard link", &target)?;
             }
             Kind::Skip(_) => {}
         }
@@ -411,6 +574,7 @@ impl Applier {
             u32::try_from(v)
                 .map_err(|_| self.bad_entry(shown, format!("{what} {v} is out of range")))
         };
+        // The tar crate has already put PAX `uid` / `gid` records into the header.
         let uid = id(field(h.uid(), "uid")?, "uid")?;
         let gid = id(field(h.gid(), "gid")?, "gid")?;
         let mtime = field(h.mtime(), "mtime")?;
@@ -421,13 +585,13 @@ impl Applier {
                 let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
                     continue;
                 };
-                if name.starts_with(b"user.") || name.starts_with(b"security.") {
+                if xattr_allowed(name) {
                     xattrs.push((
                         OsStr::from_bytes(name).to_os_string(),
                         ext.value_bytes().to_vec(),
                     ));
                 } else {
-                    tracing::debug!(entry = shown, xattr = %String::from_utf8_lossy(name), "extended attribute not restored: only user.* and security.* are");
+                    tracing::debug!(entry = shown, xattr = %String::from_utf8_lossy(name).escape_debug(), "extended attribute not restored: only user.* (but user.overlay.*) and security.capability are");
                 }
             }
         }
@@ -449,7 +613,7 @@ impl Applier {
             .ctx("set the mode of", path)?;
         for (name, value) in &meta.xattrs {
             if let Err(e) = xattr::set(path, name, value) {
-                tracing::warn!(path = %path.display(), xattr = ?name, error = %e, "could not restore extended attribute");
+                tracing::warn!(path = ?path, xattr = ?name, error = %e, "could not restore extended attribute");
             }
         }
         Ok(())
@@ -480,6 +644,7 @@ impl Applier {
         shown: &str,
         layer_name: &str,
     ) -> Result<(), ImageError> {
+        // For a GNU sparse entry this is the apparent size, holes included.
         let size = entry.size();
         let remaining = self.limits.max_bytes.saturating_sub(self.bytes);
         if size > remaining {
@@ -490,37 +655,53 @@ impl Applier {
                 ),
             });
         }
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(target)
             .ctx("create", target)?;
+        let corrupt = |detail: String| ImageError::CorruptLayer {
+            layer: self.layer,
+            name: layer_name.to_string(),
+            detail,
+        };
         let mut buf = vec![0u8; 128 << 10];
         let mut written = 0u64;
         loop {
-            let n = match entry.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(ImageError::CorruptLayer {
-                        layer: self.layer,
-                        name: layer_name.to_string(),
-                        detail: format!("reading entry {shown:?}: {e}"),
-                    })
+            // Fill the buffer whole, so that blocks of zeros sit at file offsets aligned
+            // to HOLE_BLOCK and can be left as holes.
+            let mut n = 0;
+            while n < buf.len() {
+                match entry.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(corrupt(format!("reading entry {shown:?}: {e}"))),
                 }
-            };
-            f.write_all(&buf[..n]).ctx("write", target)?;
+            }
+            if n == 0 {
+                break;
+            }
+            for (i, block) in buf[..n].chunks(HOLE_BLOCK).enumerate() {
+                if block.iter().all(|b| *b == 0) {
+                    continue;
+                }
+                let at = written + (i * HOLE_BLOCK) as u64;
+                f.write_all_at(block, at).ctx("write", target)?;
+            }
             written += n as u64;
+            if written > size {
+                break;
+            }
         }
         if written != size {
-            return Err(ImageError::CorruptLayer {
-                layer: self.layer,
-                name: layer_name.to_string(),
-                detail: format!("entry {shown:?} is cut short: {written} of {size} bytes"),
-            });
+            return Err(corrupt(format!(
+                "entry {shown:?} is cut short: {written} of {size} bytes"
+            )));
         }
+        // Trailing zeros were not written: the length makes them a hole.
+        f.set_len(size).ctx("write", target)?;
         self.bytes += written;
         std::os::unix::fs::fchown(&f, Some(meta.uid), Some(meta.gid))
             .ctx("set the owner of", target)?;
@@ -528,7 +709,7 @@ impl Applier {
             .ctx("set the mode of", target)?;
         for (name, value) in &meta.xattrs {
             if let Err(e) = f.set_xattr(name, value) {
-                tracing::warn!(path = %target.display(), xattr = ?name, error = %e, "could not restore extended attribute");
+                tracing::warn!(path = ?target, xattr = ?name, error = %e, "could not restore extended attribute");
             }
         }
         let t = meta.mtime_system();
@@ -548,7 +729,7 @@ impl Applier {
                 return Ok(());
             };
             let rel: PathBuf = parents.iter().collect();
-            return self.clear_opaque(&dir, &rel);
+            return self.clear_opaque(dir, rel);
         }
         let victim = &last[WHITEOUT_PREFIX.len()..];
         if victim.starts_with(WHITEOUT_PREFIX.as_bytes()) {
@@ -571,22 +752,36 @@ impl Applier {
         Ok(())
     }
 
-    /// Removes from `dir` everything this layer has not written (recursively, so that lower
-    /// content inside a directory this layer only passed through goes too).
-    fn clear_opaque(&self, dir: &Path, rel: &Path) -> Result<(), ImageError> {
-        for child in fs::read_dir(dir).ctx("read directory", dir)? {
-            let child = child.ctx("read directory", dir)?;
-            let path = child.path();
-            let child_rel = rel.join(child.file_name());
-            let ft = child.file_type().ctx("inspect", &path)?;
-            if self.touched.contains(&child_rel) {
-                if ft.is_dir() {
-                    self.clear_opaque(&path, &child_rel)?;
+    /// Removes from `dir` everything this layer has not written, and from the directories
+    /// this layer has written below it too (lower content inside a directory this layer only
+    /// passed through goes as well). A directory already emptied this way in this layer
+    /// holds only this layer's content, whatever came since: it is not scanned again.
+    fn clear_opaque(&mut self, dir: PathBuf, rel: PathBuf) -> Result<(), ImageError> {
+        let mut stack = vec![(dir, rel)];
+        while let Some((dir, rel)) = stack.pop() {
+            if !self.opaque_done.insert(rel.clone()) {
+                continue;
+            }
+            // Read the whole directory first: no descriptor is held across the descent.
+            let mut children = Vec::new();
+            for child in fs::read_dir(&dir).ctx("read directory", &dir)? {
+                let child = child.ctx("read directory", &dir)?;
+                let ft = child.file_type().ctx("inspect", child.path())?;
+                children.push((child.file_name(), ft.is_dir()));
+            }
+            for (name, is_dir) in children {
+                self.opaque_scanned += 1;
+                let path = dir.join(&name);
+                let child_rel = rel.join(&name);
+                if self.touched.contains(&child_rel) {
+                    if is_dir {
+                        stack.push((path, child_rel));
+                    }
+                } else if is_dir {
+                    fs::remove_dir_all(&path).ctx("remove", &path)?;
+                } else {
+                    fs::remove_file(&path).ctx("remove", &path)?;
                 }
-            } else if ft.is_dir() {
-                fs::remove_dir_all(&path).ctx("remove", &path)?;
-            } else {
-                fs::remove_file(&path).ctx("remove", &path)?;
             }
         }
         Ok(())

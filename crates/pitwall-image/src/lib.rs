@@ -33,9 +33,62 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use cache::{host_architecture, ImageCache, ImportOptions};
+pub use cache::{host_architecture, GcReport, ImageCache, ImageDetails, ImportOptions};
 pub use error::ImageError;
 pub use ext4::BASE_LABEL;
+
+/// What separates layers in the input of [`fuzz_apply_layer`].
+#[doc(hidden)]
+pub const FUZZ_LAYER_SEPARATOR: &[u8] = b"--PITWALL-NEXT-LAYER--";
+
+/// The entry point of the fuzz target (`fuzz/` at the workspace root) and of the test that
+/// replays its seeds; not for other use. `input` holds up to four layers separated by
+/// [`FUZZ_LAYER_SEPARATOR`], each a tar stream, plain, gzip or zstd (told by its magic
+/// bytes), applied in order into the existing directory `root` as an import applies layers,
+/// with limits small enough for many runs a second (8 MiB of file data, 2048 entries, 24 MiB
+/// of decompressed stream per layer).
+#[doc(hidden)]
+pub fn fuzz_apply_layer(input: &[u8], root: &std::path::Path) -> Result<(), ImageError> {
+    use std::io::Read;
+    let limits = layer::Limits {
+        max_bytes: 8 << 20,
+        max_entries: 2048,
+    };
+    let mut layers = Vec::new();
+    let mut rest = input;
+    while layers.len() < 3 {
+        let Some(at) = rest
+            .windows(FUZZ_LAYER_SEPARATOR.len())
+            .position(|w| w == FUZZ_LAYER_SEPARATOR)
+        else {
+            break;
+        };
+        layers.push(&rest[..at]);
+        rest = &rest[at + FUZZ_LAYER_SEPARATOR.len()..];
+    }
+    layers.push(rest);
+    let mut applier = layer::Applier::new(root, limits);
+    for (i, bytes) in layers.into_iter().enumerate() {
+        let corrupt = |e: std::io::Error| ImageError::CorruptLayer {
+            layer: i + 1,
+            name: "fuzz".into(),
+            detail: e.to_string(),
+        };
+        let decoder: Box<dyn Read + '_> = match archive::sniff(bytes) {
+            archive::Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
+            archive::Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(bytes).map_err(corrupt)?)
+            }
+            archive::Compression::None | archive::Compression::Xz => Box::new(bytes),
+        };
+        let capped = rootfs::Capped {
+            inner: decoder,
+            left: 24 << 20,
+        };
+        applier.apply(i + 1, "fuzz", capped)?;
+    }
+    applier.finish()
+}
 
 /// The run configuration of an image: the `config` object of its OCI image configuration
 /// (`Entrypoint`, `Cmd`, `Env`, `WorkingDir`, `User`, the keys of `ExposedPorts`). Absent or

@@ -10,8 +10,9 @@
 //! downloads, credentials from a docker `config.json`, and errors that say what to do.
 //!
 //! After the download, a local OCI image layout of the pulled manifest is assembled from hard
-//! links to the stored blobs and handed to [`ImageCache::import`] (on a blocking thread),
-//! which verifies every digest again, applies the layers and builds the ext4 base image.
+//! links to the stored blobs and imported (on a blocking thread) the way [`ImageCache::import`]
+//! does, except that layer blobs, hashed as they arrived, are hashed again while they are
+//! applied rather than in a pass of their own; then the ext4 base image is built.
 //!
 //! ```text
 //! <cache root>/blobs/sha256/<hex>   verified blobs (configs and layers), shared by all pulls
@@ -22,7 +23,7 @@
 //! before it is verified.
 
 mod auth;
-mod blobs;
+pub(crate) mod blobs;
 mod errors;
 
 use std::path::{Path, PathBuf};
@@ -252,7 +253,7 @@ pub async fn pull(
 
     let cache = cache.clone();
     let r = reference.clone();
-    let info = tokio::task::spawn_blocking(move || cache.import(&layout, &r))
+    let info = tokio::task::spawn_blocking(move || cache.import_stored(&layout, &r))
         .await
         .map_err(|e| ImageError::io("import", work.path(), std::io::Error::other(e)))??;
     drop(work);

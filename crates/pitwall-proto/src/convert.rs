@@ -1,10 +1,39 @@
 //! Conversions between `pitwall-core`'s states and the wire enums. The wire's `UNSPECIFIED`
 //! (proto3's zero default) has no domain meaning and is refused.
 
-use pitwall_core::{DesiredState, VmState};
+use pitwall_core::{DesiredState, RunOverrides, VmState};
 
 use crate::v1;
 use crate::ProtoError;
+
+impl From<&RunOverrides> for v1::RunOverrides {
+    fn from(r: &RunOverrides) -> Self {
+        let list = |v: &Option<Vec<String>>| {
+            v.as_ref().map(|values| v1::StringList {
+                values: values.clone(),
+            })
+        };
+        Self {
+            entrypoint: list(&r.entrypoint),
+            cmd: list(&r.cmd),
+            env: r.env.clone(),
+            working_dir: r.working_dir.clone(),
+            user: r.user.clone(),
+        }
+    }
+}
+
+impl From<&v1::RunOverrides> for RunOverrides {
+    fn from(r: &v1::RunOverrides) -> Self {
+        Self {
+            entrypoint: r.entrypoint.as_ref().map(|l| l.values.clone()),
+            cmd: r.cmd.as_ref().map(|l| l.values.clone()),
+            env: r.env.clone(),
+            working_dir: r.working_dir.clone(),
+            user: r.user.clone(),
+        }
+    }
+}
 
 impl From<VmState> for v1::VmState {
     fn from(state: VmState) -> Self {
@@ -185,5 +214,30 @@ mod tests {
         status.set_core_state(VmState::Stopped);
         assert_eq!(status.state, v1::VmState::Stopped as i32);
         assert_eq!(status.core_state(), Ok(VmState::Stopped));
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+
+    #[test]
+    fn run_overrides_cross_the_wire_unchanged() {
+        let cases = [
+            RunOverrides::default(),
+            RunOverrides {
+                entrypoint: Some(vec![]),
+                cmd: Some(vec!["a".into(), "".into()]),
+                env: vec!["A=1".into()],
+                working_dir: Some(String::new()),
+                user: Some("1000".into()),
+            },
+        ];
+        for r in cases {
+            let wire = v1::RunOverrides::from(&r);
+            let bytes = prost::Message::encode_to_vec(&wire);
+            let back: v1::RunOverrides = prost::Message::decode(&bytes[..]).expect("decode");
+            assert_eq!(RunOverrides::from(&back), r);
+        }
     }
 }

@@ -80,6 +80,10 @@ pub struct VmRecord {
     pub state_generation: u64,
     /// Human reason for FAILED, or for a STOPPED the guest chose itself.
     pub reason: Option<String>,
+    /// The image's `ExposedPorts` when the VM was created (`80/tcp`, ...), kept for exposing
+    /// them later.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -107,6 +111,7 @@ impl VmRecord {
             state: VmState::Pending,
             state_generation: 0,
             reason: None,
+            exposed_ports: Vec::new(),
             created_at: now,
             updated_at: now,
         }

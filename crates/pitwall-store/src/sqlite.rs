@@ -65,7 +65,8 @@ const TIMESTAMP: &[BorrowedFormatItem<'static>] = time::macros::format_descripti
 macro_rules! vm_columns {
     () => {
         "id, name, owner, vm_group, charge, image, vcpus, memory_mib, disk_mib, host, desired, \
-         generation, state, state_generation, reason, created_at, updated_at"
+         generation, state, state_generation, reason, created_at, updated_at, run_overrides, \
+         exposed_ports"
     };
 }
 
@@ -91,7 +92,7 @@ const LIVE_NAME_EXISTS: &str =
 const INSERT_VM: &str = concat!(
     "INSERT INTO vms (",
     vm_columns!(),
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 /// What the live VMs charged under a prefix hold. The prefix is bound twice; `substr` rather
 /// than `LIKE` so that `_` and `%` in names match only themselves. The casts keep PostgreSQL's
@@ -281,6 +282,12 @@ impl Store for SqliteStore {
         let name = vm.spec.name.as_str();
         let created_at = encode_time("created_at", vm.created_at)?;
         let updated_at = encode_time("updated_at", vm.updated_at)?;
+        let run_overrides = (!vm.spec.run.is_empty())
+            .then(|| encode_json("run_overrides", &vm.spec.run))
+            .transpose()?;
+        let exposed_ports = (!vm.exposed_ports.is_empty())
+            .then(|| encode_strings("exposed_ports", &vm.exposed_ports))
+            .transpose()?;
         let mut tx = self.begin_write().await?;
         // Under the write lock: no other create can commit between these reads and the insert.
         let wanted = Usage::of(&vm.spec);
@@ -313,6 +320,8 @@ impl Store for SqliteStore {
             .bind(None::<&str>)
             .bind(&created_at)
             .bind(&updated_at)
+            .bind(run_overrides.as_deref())
+            .bind(exposed_ports.as_deref())
             .execute(&mut *tx)
             .await;
         if let Err(e) = inserted {
@@ -636,7 +645,11 @@ async fn usage_under(conn: &mut sqlx::SqliteConnection, prefix: &str) -> Result<
 }
 
 fn encode_strings(what: &str, values: &[String]) -> Result<String, StoreError> {
-    serde_json::to_string(values).map_err(|e| unstorable(what, e))
+    encode_json(what, &values)
+}
+
+fn encode_json<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| unstorable(what, e))
 }
 
 async fn insert_event(

@@ -67,6 +67,21 @@ fn image_pull_takes_one_reference_with_a_registry_port_and_digest() {
 }
 
 #[test]
+fn image_rm_takes_one_reference_and_force_and_is_also_image_remove() {
+    let cli = Cli::try_parse_from(["pitwall", "image", "rm", "a/b:1", "--force"]).unwrap();
+    let Command::Image(ImageCommand::Rm { reference, force }) = cli.command else {
+        panic!("not image rm")
+    };
+    assert_eq!((reference.as_str(), force), ("a/b:1", true));
+    let cli = Cli::try_parse_from(["pitwall", "image", "remove", "a/b:1"]).unwrap();
+    assert!(matches!(
+        cli.command,
+        Command::Image(ImageCommand::Rm { force: false, .. })
+    ));
+    assert!(Cli::try_parse_from(["pitwall", "image", "rm"]).is_err());
+}
+
+#[test]
 fn output_format_is_global_and_has_a_short_form() {
     let cli = Cli::try_parse_from(["pitwall", "vm", "list", "-o", "json"]).unwrap();
     assert_eq!(cli.output, OutputFormat::Json);

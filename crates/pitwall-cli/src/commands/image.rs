@@ -1,4 +1,4 @@
-//! `pitwall image ...`: import, pull, list, show.
+//! `pitwall image ...`: import, pull, list, show, inspect, rm.
 //!
 //! The API takes an image as one tar (a `docker save` tar or an OCI layout tar). An OCI image
 //! layout directory is packed into a temporary tar first, entries named relative to the
@@ -7,11 +7,11 @@
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 
-use pitwall_api::Image;
+use pitwall_api::{ClientError, Image};
 use tempfile::NamedTempFile;
 
 use super::Ctx;
-use crate::cli::{ImageCommand, ImportArgs};
+use crate::cli::{ImageCommand, ImportArgs, OutputFormat};
 use crate::output;
 
 const WHAT_TO_GIVE: &str =
@@ -39,7 +39,7 @@ pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::Import(a) => import(ctx, a).await,
         ImageCommand::Pull { reference } => {
-            let image = ctx.client.pull_image(&reference).await?;
+            let image = pull(ctx, &reference).await?;
             tracing::info!(image = %image.reference, digest = %image.digest, "image pulled");
             ctx.show(&image, |i, _| {
                 format!(
@@ -58,7 +58,41 @@ pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
             let image = ctx.client.get_image(&reference).await?;
             ctx.show(&image, output::image_details)
         }
+        ImageCommand::Inspect { reference } => {
+            let image = ctx.client.get_image(&reference).await?;
+            print!("{}", output::json(&image)?);
+            Ok(())
+        }
+        ImageCommand::Rm { reference, force } => {
+            let image = ctx.client.delete_image(&reference, force).await?;
+            tracing::info!(image = %image.reference, digest = %image.digest, force, "image removed");
+            ctx.show(&image, |i, _| {
+                let mut line = format!("removed {} ({})", i.reference, i.digest);
+                if i.used_by_count > 0 {
+                    line.push_str(&format!(
+                        "; {} VM(s) still use it and cannot start again",
+                        i.used_by_count
+                    ));
+                }
+                line.push('\n');
+                line
+            })
+        }
     }
+}
+
+/// Pulls with progress bars on stderr (none for JSON output, or when stderr is no terminal).
+async fn pull(ctx: &Ctx, reference: &str) -> Result<pitwall_api::Image, ClientError> {
+    let mut bars = match ctx.format {
+        OutputFormat::Json => crate::progress::PullBars::hidden(),
+        _ => crate::progress::PullBars::stderr(),
+    };
+    let image = ctx
+        .client
+        .pull_image_with_progress(reference, |e| bars.update(e))
+        .await;
+    bars.finish();
+    image
 }
 
 async fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {

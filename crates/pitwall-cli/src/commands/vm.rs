@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use pitwall_api::{Client, ClientError, CreateVmRequest, Vm};
+use pitwall_api::{Client, ClientError, CreateVmRequest, RunOverrides, Vm};
 use tokio::time::MissedTickBehavior;
 
 use super::Ctx;
@@ -31,7 +31,7 @@ pub enum WaitError {
 
 pub async fn run(ctx: &Ctx, command: VmCommand) -> anyhow::Result<()> {
     match command {
-        VmCommand::Create(a) => create(ctx, a).await,
+        VmCommand::Create(a) => create(ctx, *a).await,
         VmCommand::List => {
             let vms = ctx.client.list_vms().await?;
             ctx.show(&vms, |vms, now| output::vm_table(vms, now))
@@ -58,6 +58,15 @@ async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<()> {
         start: a.no_start.then_some(false),
         group: a.group,
         delegation: a.delegation,
+        run: RunOverrides {
+            entrypoint: a
+                .entrypoint
+                .map(|e| if e.is_empty() { vec![] } else { vec![e] }),
+            cmd: (!a.cmd.is_empty()).then_some(a.cmd),
+            env: a.env,
+            working_dir: a.workdir,
+            user: a.user,
+        },
     };
     let vm = ctx.client.create_vm(&req).await?;
     tracing::info!(vm = %vm.name, vm_id = %vm.id, state = %vm.state, "VM created");

@@ -263,6 +263,89 @@ async fn create_with_wait_creates_then_waits_for_running() {
 }
 
 #[tokio::test]
+async fn create_flags_become_run_overrides_as_docker_run_has_them() {
+    let api = MockApi::start().await;
+    let run = against(
+        &api,
+        &[
+            "--output",
+            "json",
+            "vm",
+            "create",
+            "job",
+            "--image",
+            "demo/hello:1.0",
+            "--entrypoint",
+            "/bin/sh",
+            "-e",
+            "A=1",
+            "--env",
+            "B=two words",
+            "-w",
+            "/srv",
+            "-u",
+            "1000:1000",
+            "--",
+            "-c",
+            "echo $A",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let vm: serde_json::Value = serde_json::from_str(&run.stdout).expect(&run.stdout);
+    assert_eq!(
+        vm["run"],
+        serde_json::json!({
+            "entrypoint": ["/bin/sh"],
+            "cmd": ["-c", "echo $A"],
+            "env": ["A=1", "B=two words"],
+            "working_dir": "/srv",
+            "user": "1000:1000",
+        })
+    );
+    // Without any: no overrides are sent, the image's configuration stands.
+    let run = against(
+        &api,
+        &[
+            "--output",
+            "json",
+            "vm",
+            "create",
+            "plain",
+            "--image",
+            "demo/hello:1.0",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let vm: serde_json::Value = serde_json::from_str(&run.stdout).expect(&run.stdout);
+    assert!(vm.get("run").is_none(), "{vm}");
+    // `--entrypoint ''` clears the image's entrypoint.
+    let run = against(
+        &api,
+        &[
+            "--output",
+            "json",
+            "vm",
+            "create",
+            "bare",
+            "--image",
+            "x:1",
+            "--entrypoint",
+            "",
+            "--",
+            "/bin/true",
+        ],
+    )
+    .await;
+    let vm: serde_json::Value = serde_json::from_str(&run.stdout).expect(&run.stdout);
+    assert_eq!(
+        vm["run"],
+        serde_json::json!({"entrypoint": [], "cmd": ["/bin/true"]})
+    );
+}
+
+#[tokio::test]
 async fn creating_a_vm_that_exists_exits_4() {
     let api = MockApi::start().await;
     let run = against(&api, &["vm", "create", "web", "--image", "demo/hello:1.0"]).await;
@@ -488,4 +571,68 @@ async fn events_prints_one_line_per_event_from_after_seq() {
             "2025-01-01T00:00:00Z  #42  web  FAILED  gen 2  reason: oom",
         ]
     );
+}
+
+#[tokio::test]
+async fn image_rm_of_an_image_in_use_exits_4_naming_the_vms_and_force() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["image", "rm", "demo/hello:1.0"]).await;
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(run.stderr.contains("alice:web"), "{}", run.stderr);
+    assert!(run.stderr.contains("force"), "{}", run.stderr);
+    assert!(
+        api.calls()
+            .contains(&"DELETE /v1/images/demo/hello:1.0".to_string()),
+        "{:?}",
+        api.calls()
+    );
+}
+
+#[tokio::test]
+async fn image_rm_force_removes_an_image_in_use_and_says_so() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["image", "rm", "--force", "demo/hello:1.0"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("removed demo/hello:1.0 (sha256:"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("cannot start again"), "{}", run.stdout);
+    assert!(
+        api.calls()
+            .contains(&"DELETE /v1/images/demo/hello:1.0?force=true".to_string()),
+        "{:?}",
+        api.calls()
+    );
+}
+
+#[tokio::test]
+async fn image_rm_of_an_unused_image_removes_it() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["image", "rm", "demo/idle:1"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        format!("removed demo/idle:1 (sha256:0123456789abcdef0123456789abcdef)\n")
+    );
+}
+
+#[tokio::test]
+async fn image_rm_of_an_unknown_image_exits_3() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["image", "rm", "no/such:1"]).await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("no image no/such:1"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn image_inspect_prints_the_whole_image_as_json() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["image", "inspect", "demo/hello:1.0"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let image: pitwall_api::Image = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(image.reference, "demo/hello:1.0");
+    assert_eq!((image.owner.as_str(), image.used_by_count), ("alice", 1));
+    assert_eq!(image.used_by, ["alice:web"]);
 }

@@ -4,7 +4,9 @@
 //! VMs it knows: `web` (RUNNING on host-a) and `db` (STOPPED). Waiting answers with the VM in
 //! the asked state, except: state DELETED answers 404 not_found (the VM is gone), VM `slow`
 //! answers timeout, VM `broken` is FAILED. Image uploads must be tars holding `oci-layout`
-//! and `index.json`, or they are refused as invalid_image.
+//! and `index.json`, or they are refused as invalid_image. Images it knows: `demo/hello:1.0`
+//! (used by VM `alice:web`: removing it answers 409 image_in_use unless `force=true`) and
+//! `demo/idle:1` (unused).
 //!
 //! The event stream sends the two events after the client's `Last-Event-ID`, then stays open.
 //!
@@ -64,6 +66,10 @@ impl MockApi {
             .route("/v1/vms/{name}/wait", get(wait_vm))
             .route("/v1/vms/{name}/console", get(console))
             .route("/v1/images", post(import_image))
+            .route(
+                "/v1/images/{*reference}",
+                get(get_image).delete(delete_image),
+            )
             .route("/v1/events", get(events))
             .route("/v1/auth/config", get(auth_config))
             .route("/v1/auth/login", post(login))
@@ -121,6 +127,8 @@ pub fn vm(name: &str, state: &str) -> Vm {
         group: None,
         host: (state == "RUNNING").then(|| "host-a".into()),
         reason: (state == "FAILED").then(|| "kernel panic: no init found".into()),
+        run: Default::default(),
+        exposed_ports: vec![],
         created_at: "2025-01-01T00:00:00Z".into(),
         updated_at: "2025-01-01T00:00:00Z".into(),
     }
@@ -181,7 +189,9 @@ async fn create_vm(Json(req): Json<CreateVmRequest>) -> Response {
             format!("VM {} exists", req.name),
         );
     }
-    (StatusCode::CREATED, Json(vm(&req.name, "PENDING"))).into_response()
+    let mut created = vm(&req.name, "PENDING");
+    created.run = req.run;
+    (StatusCode::CREATED, Json(created)).into_response()
 }
 
 async fn get_vm(State(seen): State<Seen>, Path(name): Path<String>) -> Response {
@@ -301,8 +311,63 @@ async fn import_image(
         config: serde_json::json!({ "cmd": ["/hello"] }),
         host: "host-a".into(),
         created_at: "2025-01-01T00:00:00Z".into(),
+        owner: "alice".into(),
+        used_by: Vec::new(),
+        used_by_count: 0,
     })
     .into_response()
+}
+
+/// `demo/hello:1.0` is used by VM `alice:web` (removal needs `force=true`); `demo/idle:1`
+/// is used by nothing; others are unknown.
+fn image_named(reference: &str) -> Option<Image> {
+    let used = reference == "demo/hello:1.0";
+    if !used && reference != "demo/idle:1" {
+        return None;
+    }
+    Some(Image {
+        reference: reference.into(),
+        digest: "sha256:0123456789abcdef0123456789abcdef".into(),
+        size_bytes: 4096,
+        config: serde_json::json!({ "cmd": ["/hello"] }),
+        host: "host-a".into(),
+        created_at: "2025-01-01T00:00:00Z".into(),
+        owner: "alice".into(),
+        used_by: if used {
+            vec!["alice:web".into()]
+        } else {
+            Vec::new()
+        },
+        used_by_count: u64::from(used),
+    })
+}
+
+async fn get_image(Path(reference): Path<String>) -> Response {
+    match image_named(&reference) {
+        Some(i) => Json(i).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no image {reference}"),
+        ),
+    }
+}
+
+async fn delete_image(
+    Path(reference): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match image_named(&reference) {
+        None => error(StatusCode::NOT_FOUND, "not_found", format!("no image {reference}")),
+        Some(i) if i.used_by_count > 0 && q.get("force").map(String::as_str) != Some("true") => {
+            error(
+                StatusCode::CONFLICT,
+                "image_in_use",
+                format!("image {reference} is used by 1 VM(s): alice:web; delete them first, or force the removal"),
+            )
+        }
+        Some(i) => Json(i).into_response(),
+    }
 }
 
 async fn auth_config() -> Json<AuthConfig> {

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{header, Method};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use pitwall_store::AuditRecord;
@@ -46,6 +46,15 @@ pub(crate) const PUBLIC: &[&str] = &[
 /// The error code of an answer, for the audit log (set by [`ApiError`]'s response).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ErrorCode(pub &'static str);
+
+/// Set on a streamed answer whose outcome is known only when the stream ends (a pull with
+/// progress): the audit row waits for the status and error code sent here (`None`: ok).
+/// A sender dropped without sending is recorded as `interrupted`.
+#[derive(Debug)]
+pub(crate) struct DeferredOutcome(pub Mutex<Option<OutcomeReceiver>>);
+
+pub(crate) type OutcomeReceiver =
+    tokio::sync::oneshot::Receiver<(StatusCode, Option<&'static str>)>;
 
 /// Filled while a mutating request is handled: who (once known) and which route.
 #[derive(Debug, Clone, Default)]
@@ -179,7 +188,8 @@ pub(crate) async fn audit(State(c): State<Control>, mut req: Request, next: Next
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let at = OffsetDateTime::now_utc();
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
+    let deferred = response.extensions_mut().remove::<Arc<DeferredOutcome>>();
     let status = response.status();
     let outcome = match response.extensions().get::<ErrorCode>() {
         Some(code) => code.0.to_string(),
@@ -190,7 +200,7 @@ pub(crate) async fn audit(State(c): State<Control>, mut req: Request, next: Next
         Ok(mut n) => (n.actor.take(), n.via.take(), n.action.take()),
         Err(_) => (None, None, None),
     };
-    let record = AuditRecord {
+    let mut record = AuditRecord {
         seq: 0,
         at,
         actor: actor.unwrap_or_else(|| "-".into()),
@@ -202,10 +212,33 @@ pub(crate) async fn audit(State(c): State<Control>, mut req: Request, next: Next
         status: status.as_u16(),
         outcome,
     };
-    if let Err(e) = c.inner.store.append_audit(&record).await {
+    let Some(deferred) = deferred else {
+        append_audit(&c, &record).await;
+        return response;
+    };
+    // The stream's end decides the outcome; the answer goes out meanwhile.
+    tokio::spawn(async move {
+        let rx = deferred.0.lock().ok().and_then(|mut r| r.take());
+        let end = match rx {
+            Some(rx) => rx.await.ok(),
+            None => None,
+        };
+        match end {
+            Some((status, code)) => {
+                record.status = status.as_u16();
+                record.outcome = code.map_or_else(|| "ok".to_string(), str::to_string);
+            }
+            None => record.outcome = "interrupted".into(),
+        }
+        append_audit(&c, &record).await;
+    });
+    response
+}
+
+async fn append_audit(c: &Control, record: &AuditRecord) {
+    if let Err(e) = c.inner.store.append_audit(record).await {
         // The request already took effect; losing its audit row is an operator's problem
         // to see, not the caller's.
         tracing::error!(error = %e, actor = %record.actor, path = %record.path, "cannot append to the audit log");
     }
-    response
 }

@@ -35,6 +35,7 @@ pub(crate) async fn create(
     let name = VmName::parse(&req.name).map_err(|e| ApiError::invalid(e.to_string()))?;
     let image = ImageRef::parse(&req.image).map_err(|e| ApiError::invalid(e.to_string()))?;
     let spec = VmSpec::new(name, image, req.vcpus, req.memory_mib, req.disk_mib)
+        .and_then(|s| s.with_run(req.run))
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let charge =
         super::quota::charge_for(&c, &caller, req.group.as_deref(), req.delegation.as_deref())
@@ -80,6 +81,7 @@ pub(crate) async fn create(
         now,
     );
     vm.host = Some(host);
+    vm.exposed_ports = exposed_ports(&img.config);
     vm.group = req
         .group
         .as_deref()
@@ -90,6 +92,23 @@ pub(crate) async fn create(
     c.publish_events_after(vm.id).await;
     c.send_for_desired(&vm).await;
     Ok((StatusCode::CREATED, Json(vm_json(&vm))))
+}
+
+/// The image's exposed ports, sorted and de-duplicated. The store keeps the config as hosts
+/// send it (the image cache's `exposed_ports` list); an OCI-shaped `ExposedPorts` object (its
+/// keys) is read too.
+fn exposed_ports(config: &serde_json::Value) -> Vec<String> {
+    let mut ports: Vec<String> = match (config.get("exposed_ports"), config.get("ExposedPorts")) {
+        (Some(serde_json::Value::Array(a)), _) => a
+            .iter()
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .collect(),
+        (_, Some(serde_json::Value::Object(o))) => o.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    ports.sort();
+    ports.dedup();
+    ports
 }
 
 pub(crate) async fn list(

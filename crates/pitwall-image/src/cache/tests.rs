@@ -624,3 +624,303 @@ fn open_sweeps_work_left_by_a_killed_import() {
         "a running import's work is left alone"
     );
 }
+
+/// Stores a fake blob for `digest` in the cache's blob store (GC does not read blobs).
+fn store_blob(root: &Path, digest: &str, len: usize) -> PathBuf {
+    let dir = root.join("blobs/sha256");
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(digest::sha256_hex(digest).unwrap());
+    fs::write(&path, vec![7u8; len]).unwrap();
+    path
+}
+
+fn other_digest(n: u32) -> String {
+    format!("sha256:{n:064x}")
+}
+
+#[test]
+fn inspect_gives_the_record_its_blobs_and_every_reference_naming_it() {
+    let s = Scratch::new();
+    let digest = oci_dir(&s.path("layout"), "latest", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&s.path("layout"), &r("hello:b")).unwrap();
+    cache.import(&s.path("layout"), &r("hello:a")).unwrap();
+
+    let d = cache.inspect(&r("hello:b")).unwrap().unwrap();
+    assert_eq!(d.reference, "hello:b");
+    assert_eq!(d.references, ["hello:a", "hello:b"]);
+    assert_eq!(d.digest, digest);
+    assert_eq!(
+        (d.rootfs.as_path(), d.size_bytes),
+        (info.rootfs.as_path(), info.size_bytes)
+    );
+    assert_eq!(d.format, "oci-layout");
+    assert_eq!(
+        (d.os.as_str(), d.architecture.as_str()),
+        ("linux", host_architecture())
+    );
+    assert_eq!(d.config, config());
+    assert!(d.unpacked_bytes > 0);
+    let manifest: Manifest = serde_json::from_slice(
+        &fs::read(s.path("layout").join("blobs/sha256").join(&digest[7..])).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(d.config_digest, Some(manifest.config.digest));
+    let layers: Vec<_> = manifest.layers.iter().map(|l| l.digest.clone()).collect();
+    assert_eq!(d.layers, layers);
+    assert_eq!(cache.inspect(&r("hello:nope")).unwrap(), None);
+}
+
+#[test]
+fn an_image_json_written_before_blobs_were_recorded_still_reads() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&s.path("layout"), &r("hello")).unwrap();
+    let json = info.rootfs.with_file_name("image.json");
+    let mut old: serde_json::Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    let o = old.as_object_mut().unwrap();
+    o.remove("config_digest");
+    o.remove("layers");
+    fs::write(&json, serde_json::to_vec(&old).unwrap()).unwrap();
+
+    let d = cache.inspect(&r("hello")).unwrap().unwrap();
+    assert_eq!((d.config_digest, d.layers), (None, vec![]));
+    assert_eq!(cache.get(&r("hello")).unwrap(), Some(info));
+    cache.gc().unwrap();
+    assert!(cache.get(&r("hello")).unwrap().is_some());
+}
+
+#[test]
+fn gc_keeps_the_blobs_of_named_images_and_deletes_the_rest() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    cache.import(&s.path("layout"), &r("hello")).unwrap();
+    let d = cache.inspect(&r("hello")).unwrap().unwrap();
+    let needed: Vec<PathBuf> = d
+        .layers
+        .iter()
+        .chain(d.config_digest.iter())
+        .map(|digest| store_blob(&s.cache_root(), digest, 10))
+        .collect();
+    let unneeded = store_blob(&s.cache_root(), &other_digest(1), 1000);
+
+    let report = cache.gc().unwrap();
+
+    assert_eq!(
+        report,
+        GcReport {
+            blobs_removed: 1,
+            bytes_freed: 1000,
+            ..Default::default()
+        }
+    );
+    assert!(!unneeded.exists());
+    assert!(needed.iter().all(|p| p.exists()), "{needed:?}");
+    assert_eq!(
+        cache.gc().unwrap(),
+        GcReport::default(),
+        "nothing left to collect"
+    );
+}
+
+#[test]
+fn remove_collects_the_blobs_only_the_removed_image_needed() {
+    let s = Scratch::new();
+    let shared = Layer::new().file("shared", b"s").build();
+    oci_dir(
+        &s.path("one"),
+        "latest",
+        vec![shared.clone(), Layer::new().file("v", b"1").build()],
+    );
+    oci_dir(
+        &s.path("two"),
+        "latest",
+        vec![shared, Layer::new().file("v", b"2").build()],
+    );
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let one = cache.import(&s.path("one"), &r("one")).unwrap();
+    cache.import(&s.path("two"), &r("two")).unwrap();
+    let blobs = |reference: &str| -> Vec<PathBuf> {
+        let d = cache.inspect(&r(reference)).unwrap().unwrap();
+        d.layers
+            .iter()
+            .chain(d.config_digest.iter())
+            .map(|digest| store_blob(&s.cache_root(), digest, 10))
+            .collect()
+    };
+    let (of_one, of_two) = (blobs("one"), blobs("two"));
+    assert_eq!(of_one[0], of_two[0], "the first layer is shared");
+
+    assert!(cache.remove(&r("one")).unwrap());
+
+    assert!(!one.rootfs.exists());
+    assert!(
+        of_two.iter().all(|p| p.exists()),
+        "two still needs its blobs"
+    );
+    assert!(
+        !of_one[1].exists() && !of_one[2].exists(),
+        "one's own layer and config are gone"
+    );
+    assert!(cache.remove(&r("two")).unwrap());
+    assert_eq!(
+        fs::read_dir(s.cache_root().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        fs::read_dir(s.cache_root().join("images")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn gc_deletes_an_image_no_reference_names_once_its_grace_period_is_over() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&s.path("layout"), &r("hello")).unwrap();
+    // As a crash between build and naming leaves it.
+    fs::remove_file(cache.ref_path("hello:latest")).unwrap();
+
+    assert_eq!(
+        cache.gc().unwrap().images_removed,
+        0,
+        "just built: an import may name it"
+    );
+    assert!(info.rootfs.exists());
+    let report = cache.gc_with(std::time::Duration::ZERO).unwrap();
+
+    assert_eq!(report.images_removed, 1);
+    assert!(report.bytes_freed >= info.size_bytes, "{report:?}");
+    assert!(!info.rootfs.exists());
+    assert_eq!(fs::read_dir(s.cache_root().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn gc_keeps_named_images_however_old() {
+    let s = Scratch::new();
+    oci_dir(&s.path("layout"), "latest", hello_layers());
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let info = cache.import(&s.path("layout"), &r("hello")).unwrap();
+    assert_eq!(
+        cache.gc_with(std::time::Duration::ZERO).unwrap(),
+        GcReport::default()
+    );
+    assert!(info.rootfs.exists());
+}
+
+#[test]
+fn gc_sweeps_work_left_by_dead_imports_but_not_live_work() {
+    let s = Scratch::new();
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let stale = s.cache_root().join("tmp/import-dead");
+    fs::create_dir_all(stale.join("rootfs")).unwrap();
+    fs::write(stale.join("rootfs/file"), b"12345").unwrap();
+    fs::write(stale.join(".lock"), b"").unwrap();
+    let live = cache.new_work().unwrap();
+
+    let report = cache.gc().unwrap();
+
+    assert_eq!((report.work_removed, report.bytes_freed), (1, 5));
+    assert!(!stale.exists());
+    assert!(live.dir.path().exists());
+}
+
+#[test]
+fn a_blob_pinned_by_a_pull_in_progress_survives_gc_until_the_pull_ends() {
+    let s = Scratch::new();
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let pull = crate::registry::blobs::BlobStore::open(&s.cache_root()).unwrap();
+    pull.pin(&other_digest(1)).unwrap();
+    let blob = store_blob(&s.cache_root(), &other_digest(1), 10);
+
+    assert_eq!(cache.gc().unwrap().blobs_removed, 0);
+    assert!(blob.exists());
+    drop(pull);
+    assert_eq!(cache.gc().unwrap().blobs_removed, 1);
+    assert!(!blob.exists());
+    assert_eq!(
+        fs::read_dir(s.cache_root().join("blobs/pins"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn the_pin_file_of_a_dead_pull_pins_nothing_and_is_removed() {
+    let s = Scratch::new();
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let blob = store_blob(&s.cache_root(), &other_digest(2), 10);
+    fs::create_dir_all(s.cache_root().join("blobs/pins")).unwrap();
+    let dead = s.cache_root().join("blobs/pins/pin-dead");
+    fs::write(&dead, format!("{}\n", other_digest(2))).unwrap();
+
+    assert_eq!(cache.gc().unwrap().blobs_removed, 1);
+    assert!(!blob.exists());
+    assert!(!dead.exists());
+}
+
+/// Pulls that pin, store and then hard-link their blobs (as `registry::pull` does) while
+/// collections run in a loop: no pull may find its blob gone.
+#[test]
+fn gc_racing_pulls_never_deletes_a_blob_a_pull_needs() {
+    let s = Scratch::new();
+    let cache = ImageCache::open(&s.cache_root()).unwrap();
+    let root = s.cache_root();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let collector = sc.spawn(|| {
+            let mut runs = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                cache.gc().unwrap();
+                runs += 1;
+                // Pace the loop: flock is not fair, and pulls must get the lock too.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            runs
+        });
+        let pulls: Vec<_> = (0..4u32)
+            .map(|t| {
+                let root = root.clone();
+                sc.spawn(move || {
+                    let layout = tempfile::tempdir_in(&root).unwrap();
+                    for i in 0..30u32 {
+                        let store = crate::registry::blobs::BlobStore::open(&root).unwrap();
+                        // Every pull shares blob 0 and has blobs of its own.
+                        let digests = [other_digest(0), other_digest(t * 100 + i + 1)];
+                        for d in &digests {
+                            store.pin(d).unwrap();
+                            let path = root.join("blobs/sha256").join(&d[7..]);
+                            if !path.exists() {
+                                let tmp = tempfile::NamedTempFile::new_in(root.join("blobs/tmp"))
+                                    .unwrap();
+                                fs::write(tmp.path(), b"blob").unwrap();
+                                tmp.persist(&path).unwrap();
+                            }
+                        }
+                        for d in &digests {
+                            let from = root.join("blobs/sha256").join(&d[7..]);
+                            let to = layout.path().join(format!("{t}-{i}-{}", &d[7..]));
+                            fs::hard_link(&from, &to)
+                                .unwrap_or_else(|e| panic!("pull {t}/{i} lost blob {d}: {e}"));
+                        }
+                    }
+                })
+            })
+            .collect();
+        let results: Vec<_> = pulls.into_iter().map(|p| p.join()).collect();
+        // Stop the collector before looking at the results, so a failed pull cannot hang the test.
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in results {
+            r.unwrap();
+        }
+        assert!(collector.join().unwrap() > 0);
+    });
+    cache.gc().unwrap();
+    assert_eq!(fs::read_dir(root.join("blobs/sha256")).unwrap().count(), 0);
+}

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt as _, MetadataExt};
 
 use super::*;
 use crate::testutil::Layer;
@@ -420,4 +420,348 @@ fn data_of_skipped_entries_does_not_count_as_header_bytes() {
         .build()])
         .unwrap();
     assert!(f.at("after").exists());
+}
+
+// ---- Hostile input, one trick per test (issue 4). ----
+
+/// A regular file whose name is given by a PAX `path` record (so it may hold any byte).
+fn pax_named(path: &[u8], data: &[u8]) -> Layer {
+    Layer::new().raw(
+        tar::EntryType::Regular,
+        "placeholder",
+        "",
+        data,
+        (0o644, 0, 0),
+        &[("path", path)],
+    )
+}
+
+/// A one-entry GNU sparse layer: `chunks` of data at offsets (each but the last a multiple
+/// of 512 bytes long) in a file of `real_size` bytes.
+fn gnu_sparse(name: &str, real_size: u64, chunks: &[(u64, &[u8])]) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(chunks.iter().map(|(_, d)| d.len() as u64).sum());
+    let gnu = h.as_gnu_mut().unwrap();
+    for (i, (off, data)) in chunks.iter().enumerate() {
+        gnu.sparse[i].set_offset(*off);
+        gnu.sparse[i].set_length(data.len() as u64);
+    }
+    gnu.set_real_size(real_size);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    for (_, d) in chunks {
+        out.extend_from_slice(d);
+    }
+    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+    out
+}
+
+fn bad_detail(r: Result<(), ImageError>) -> String {
+    match r {
+        Err(ImageError::BadEntry { detail, .. }) => detail,
+        other => panic!("expected a BadEntry refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn pax_path_and_gnu_long_name_with_dot_dot_are_refused() {
+    let f = Fixture::new();
+    let r = f.apply(vec![pax_named(b"a/../../outside/pwned", b"x").build()]);
+    assert!(unsafe_reason(r).contains("escapes the image root"));
+    let r = f.apply(vec![Layer::new()
+        .raw(
+            tar::EntryType::GNULongName,
+            "././@LongLink",
+            "",
+            b"../outside/pwned\0",
+            (0o644, 0, 0),
+            &[],
+        )
+        .file("harmless", b"x")
+        .build()]);
+    assert!(unsafe_reason(r).contains("escapes the image root"));
+    let r = f.apply(vec![Layer::new()
+        .file("a", b"x")
+        .raw(
+            tar::EntryType::Link,
+            "h",
+            "a",
+            b"",
+            (0o644, 0, 0),
+            &[("linkpath", b"../outside/secret")],
+        )
+        .build()]);
+    assert!(unsafe_reason(r).contains("outside the image root"));
+    f.assert_outside_untouched();
+}
+
+#[test]
+fn directory_symlink_chains_are_not_followed() {
+    let f = Fixture::new();
+    let r = f.apply(vec![Layer::new()
+        .symlink("a", "b")
+        .symlink("b", "../outside")
+        .file("a/pwned", b"x")
+        .build()]);
+    assert!(unsafe_reason(r).contains("writes through the symlink /a"));
+    let r = f.apply(vec![Layer::new()
+        .dir("d/")
+        .symlink("d/up", "../..")
+        .file("d/up/outside/pwned", b"x")
+        .build()]);
+    assert!(unsafe_reason(r).contains("writes through the symlink /d/up"));
+    f.assert_outside_untouched();
+}
+
+#[test]
+fn hard_link_through_a_symlink_to_slash_is_refused() {
+    let f = Fixture::new();
+    let r = f.apply(vec![Layer::new()
+        .symlink("slash", "/")
+        .hardlink("passwd", &format!("slash{}", f.outside_abs("secret")))
+        .build()]);
+    assert!(unsafe_reason(r).contains("writes through the symlink /slash"));
+    f.assert_outside_untouched();
+}
+
+#[test]
+fn hard_link_to_a_directory_is_refused() {
+    let f = Fixture::new();
+    let r = f.apply(vec![Layer::new().dir("d/").hardlink("h", "d").build()]);
+    assert!(bad_detail(r).contains("hard link to a directory"));
+}
+
+#[test]
+fn whiteouts_of_dot_dot_spelled_every_way_are_refused() {
+    for name in [".wh...", "sub/.wh...", ".wh.", "sub/.wh."] {
+        let f = Fixture::new();
+        let r = f.apply(vec![Layer::new().dir("sub/").file(name, b"").build()]);
+        assert!(unsafe_reason(r).contains("whiteout"), "{name}");
+        f.assert_outside_untouched();
+        assert!(f.root().exists());
+    }
+}
+
+#[test]
+fn opaque_whiteout_at_the_root_keeps_only_this_layer() {
+    let f = Fixture::new();
+    f.apply(vec![
+        Layer::new().file("etc/old", b"1").file("top", b"2").build(),
+        Layer::new()
+            .file("etc/new", b"3")
+            .file(".wh..wh..opq", b"")
+            .build(),
+    ])
+    .unwrap();
+    assert!(f.at("etc/new").exists());
+    assert!(!f.at("etc/old").exists() && !f.at("top").exists());
+    f.assert_outside_untouched();
+}
+
+#[test]
+fn directory_mtimes_are_not_set_through_a_symlink_of_a_later_layer() {
+    let f = Fixture::new();
+    let victim = f.tmp.path().join("victim");
+    fs::create_dir_all(victim.join("b")).unwrap();
+    let before = fs::metadata(victim.join("b")).unwrap().mtime();
+    f.apply(vec![
+        Layer::new().dir("a/b/").build(),
+        Layer::new().symlink("a", victim.to_str().unwrap()).build(),
+    ])
+    .unwrap();
+    assert_eq!(
+        fs::metadata(victim.join("b")).unwrap().mtime(),
+        before,
+        "the mtime of a directory outside the root was set"
+    );
+}
+
+#[test]
+fn names_with_a_nul_byte_are_refused() {
+    let f = Fixture::new();
+    let r = f.apply(vec![pax_named(b"etc/pass\0wd", b"x").build()]);
+    assert!(bad_detail(r).contains("NUL byte"));
+}
+
+#[test]
+fn names_with_newlines_and_invalid_utf8_are_kept_byte_for_byte() {
+    let f = Fixture::new();
+    // A GNU long name: the tar crate cannot read a PAX record whose value has a newline.
+    f.apply(vec![Layer::new()
+        .raw(
+            tar::EntryType::GNULongName,
+            "././@LongLink",
+            "",
+            b"dir/caf\xe9\nline\0",
+            (0o644, 0, 0),
+            &[],
+        )
+        .file("placeholder", b"x")
+        .build()])
+        .unwrap();
+    let name = OsStr::from_bytes(b"caf\xe9\nline");
+    assert_eq!(fs::read(f.at("dir").join(name)).unwrap(), b"x");
+}
+
+#[test]
+fn names_deeper_than_the_limit_are_refused() {
+    let f = Fixture::new();
+    let deep = "d/".repeat(MAX_DEPTH) + "f";
+    let r = f.apply(vec![pax_named(deep.as_bytes(), b"x").build()]);
+    assert!(bad_detail(r).contains("directories deep"));
+    let ok = "d/".repeat(MAX_DEPTH - 1) + "f";
+    f.apply(vec![pax_named(ok.as_bytes(), b"x").build()])
+        .unwrap();
+    assert!(f.at(&ok).exists());
+}
+
+#[test]
+fn implicitly_created_parents_count_as_entries() {
+    let f = Fixture::new();
+    let limits = Limits {
+        max_bytes: 1 << 20,
+        max_entries: 100,
+    };
+    let name = "d/".repeat(150) + "f";
+    let r = f.apply_with(vec![pax_named(name.as_bytes(), b"x").build()], limits);
+    assert!(matches!(r, Err(ImageError::TooLarge { .. })), "{r:?}");
+}
+
+#[test]
+fn repeated_opaque_markers_scan_each_directory_once() {
+    let f = Fixture::new();
+    let n = 200;
+    let lower = (0..n).fold(Layer::new(), |l, i| l.file(&format!("d/old{i}"), b"o"));
+    let upper = (0..n).fold(Layer::new(), |l, i| {
+        l.file(&format!("d/new{i}"), b"n")
+            .file("d/.wh..wh..opq", b"")
+    });
+    let mut a = Applier::new(&f.root(), BIG);
+    a.apply(1, "lower", &lower.build()[..]).unwrap();
+    a.apply(2, "upper", &upper.build()[..]).unwrap();
+    assert_eq!(fs::read_dir(f.at("d")).unwrap().count(), n);
+    assert!(
+        a.opaque_scanned <= 2 * n as u64,
+        "{} directory entries scanned for {n} markers",
+        a.opaque_scanned
+    );
+}
+
+#[test]
+fn user_overlay_and_foreign_security_xattrs_are_not_restored() {
+    let f = Fixture::new();
+    // cap_net_bind_service, permitted and effective (VFS_CAP_REVISION_2).
+    let cap: &[u8] = &[
+        0x01, 0, 0, 0x02, 0x00, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    f.apply(vec![Layer::new()
+        .file_xattr(
+            "bin/ping",
+            b"1",
+            &[
+                ("security.capability", cap),
+                ("user.overlay.opaque", b"y"),
+                ("user.overlay.redirect", b"/etc"),
+                ("security.ima", b"\x03\x02"),
+                ("user.mime_type", b"text/plain"),
+            ],
+        )
+        .build()])
+        .unwrap();
+    let names: Vec<OsString> = xattr::list(f.at("bin/ping")).unwrap().collect();
+    assert!(names.contains(&"user.mime_type".into()), "{names:?}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.as_bytes().starts_with(b"user.overlay.")),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"security.ima".into()), "{names:?}");
+    assert_eq!(
+        xattr::get(f.at("bin/ping"), "security.capability")
+            .unwrap()
+            .as_deref(),
+        Some(cap)
+    );
+}
+
+#[test]
+fn blocks_of_zeros_are_holes_on_the_host() {
+    let f = Fixture::new();
+    let mut data = vec![0u8; 8 << 20];
+    data[5000] = 1;
+    f.apply(vec![Layer::new().file("zeros", &data).build()])
+        .unwrap();
+    let m = fs::metadata(f.at("zeros")).unwrap();
+    assert_eq!(m.len(), 8 << 20);
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "{} blocks allocated",
+        m.blocks()
+    );
+    assert_eq!(fs::read(f.at("zeros")).unwrap(), data);
+}
+
+#[test]
+fn gnu_sparse_file_is_unpacked_with_holes() {
+    let f = Fixture::new();
+    let size = 256 << 20;
+    f.apply(vec![gnu_sparse(
+        "sparse",
+        size,
+        &[(1 << 20, &[7u8; 512]), (size - 3, b"end")],
+    )])
+    .unwrap();
+    let m = fs::metadata(f.at("sparse")).unwrap();
+    assert_eq!(m.len(), size);
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "{} blocks allocated",
+        m.blocks()
+    );
+    let file = fs::File::open(f.at("sparse")).unwrap();
+    let mut at = [0u8; 512];
+    file.read_exact_at(&mut at, 1 << 20).unwrap();
+    assert_eq!(at, [7u8; 512]);
+    let mut end = [0u8; 3];
+    file.read_exact_at(&mut end, size - 3).unwrap();
+    assert_eq!(&end, b"end");
+}
+
+#[test]
+fn huge_sparse_file_counts_its_apparent_size_against_the_limit() {
+    let f = Fixture::new();
+    let r = f.apply(vec![gnu_sparse(
+        "huge",
+        1 << 40,
+        &[((1 << 40) - 3, b"end")],
+    )]);
+    match r {
+        Err(ImageError::TooLarge { what }) => assert!(what.contains("\"huge\""), "{what}"),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(!f.at("huge").exists());
+}
+
+#[test]
+fn a_later_entry_replaces_a_directory_by_a_file_and_back_in_one_layer() {
+    let f = Fixture::new();
+    f.apply(vec![Layer::new()
+        .file("x/inner", b"1")
+        .file("x", b"now a file")
+        .dir("y/")
+        .file("y", b"file first")
+        .dir("y/")
+        .file("y/inner", b"2")
+        .file("x", b"duplicate wins")
+        .build()])
+        .unwrap();
+    assert_eq!(fs::read(f.at("x")).unwrap(), b"duplicate wins");
+    assert_eq!(fs::read(f.at("y/inner")).unwrap(), b"2");
 }

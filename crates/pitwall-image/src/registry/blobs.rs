@@ -4,8 +4,26 @@
 //! renamed to `blobs/sha256/<hex>` only when its size and digest are the descriptor's. A
 //! download cut short resumes from where it stopped with a `Range` request (a registry that
 //! answers with the whole blob instead restarts it), up to the allowed attempts.
+//!
+//! Blobs are a download cache: [`collect`] (run by `ImageCache::gc`) deletes those no built
+//! image needs. A pull must not lose a blob between its download and the end of its import
+//! (when `image.json` names it), so it pins each blob before looking for it: the digest goes
+//! into the pull's pin file under `blobs/pins/`, which the pull holds an exclusive `flock` on
+//! until its [`BlobStore`] is dropped. Pinning and collecting both take `blobs/gc.lock`, so a
+//! collection either saw the pin or finished before the pull looked for the blob (and
+//! downloads it again). A pin file nobody holds a lock on is a dead pull's, and is removed.
+//!
+//! ```text
+//! <cache root>/blobs/sha256/<hex>    verified blobs
+//! <cache root>/blobs/tmp/            downloads in flight, layouts being imported
+//! <cache root>/blobs/pins/pin-*      one per pull in progress: the digests it needs, one a line
+//! <cache root>/blobs/gc.lock         held while pinning and while collecting
+//! ```
 
+use std::collections::HashSet;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -17,6 +35,7 @@ use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
 use super::errors::Ctx;
 use super::PullProgress;
+use crate::cache::{lock, try_lock};
 use crate::digest;
 use crate::error::{ImageError, IoContext};
 use crate::oci::Descriptor;
@@ -24,25 +43,58 @@ use crate::oci::Descriptor;
 /// Age after which an entry of `blobs/tmp/` is taken for the leftover of a dead pull.
 const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
-pub(super) struct BlobStore {
+/// The blob store as one pull uses it: blobs it fetches stay pinned until it is dropped.
+pub(crate) struct BlobStore {
     /// `blobs/sha256/`
     dir: PathBuf,
     /// `blobs/tmp/`
     tmp: PathBuf,
+    /// `blobs/pins/`
+    pins: PathBuf,
+    /// `blobs/gc.lock`
+    gc_lock: PathBuf,
+    /// This pull's pin file (locked), created by the first [`BlobStore::pin`]; deleted on
+    /// drop.
+    pin: Mutex<Option<tempfile::NamedTempFile>>,
 }
 
 impl BlobStore {
-    pub(super) fn open(cache_root: &Path) -> Result<Self, ImageError> {
+    pub(crate) fn open(cache_root: &Path) -> Result<Self, ImageError> {
         let blobs = cache_root.join("blobs");
         let store = Self {
             dir: blobs.join("sha256"),
             tmp: blobs.join("tmp"),
+            pins: blobs.join("pins"),
+            gc_lock: blobs.join("gc.lock"),
+            pin: Mutex::new(None),
         };
-        for d in [&store.dir, &store.tmp] {
+        for d in [&store.dir, &store.tmp, &store.pins] {
             std::fs::create_dir_all(d).ctx("create directory", d)?;
         }
         store.sweep();
         Ok(store)
+    }
+
+    /// Keeps the blob `digest` from garbage collection until this store is dropped. Call it
+    /// before looking for the blob: a collection running now either sees the pin or has
+    /// finished deleting.
+    pub(crate) fn pin(&self, digest: &str) -> Result<(), ImageError> {
+        let _gc = lock(&self.gc_lock)?;
+        let mut pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        if pin.is_none() {
+            let file = tempfile::Builder::new()
+                .prefix("pin-")
+                .tempfile_in(&self.pins)
+                .ctx("create a pin file in", &self.pins)?;
+            // Nobody else can hold it: collections (the only other lockers) wait on gc.lock.
+            rustix::fs::flock(file.as_file(), rustix::fs::FlockOperation::LockExclusive)
+                .map_err(|e| ImageError::io("lock", file.path(), e.into()))?;
+            *pin = Some(file);
+        }
+        if let Some(file) = pin.as_mut() {
+            writeln!(file.as_file_mut(), "{digest}").ctx("write", file.path())?;
+        }
+        Ok(())
     }
 
     /// Removes downloads and layouts left in `tmp/` by pulls that died: anything untouched
@@ -112,6 +164,7 @@ impl BlobStore {
         progress: &(dyn Fn(PullProgress) + Send + Sync),
     ) -> Result<(), ImageError> {
         let dest = self.path(&d.digest)?;
+        self.pin(&d.digest)?;
         if let Ok(meta) = std::fs::metadata(&dest) {
             if meta.len() == d.size {
                 tracing::debug!(digest = %d.digest, "blob already stored");
@@ -255,4 +308,51 @@ impl BlobStore {
         tracing::debug!(digest = %d.digest, bytes = d.size, "blob downloaded and verified");
         Ok(())
     }
+}
+
+/// Deletes the stored blobs of the cache at `cache_root` that are neither in `needed` nor
+/// pinned by a pull in progress, and the pin files of pulls that died. Returns how many blobs
+/// were deleted and their bytes.
+pub(crate) fn collect(
+    cache_root: &Path,
+    needed: &HashSet<String>,
+) -> Result<(u64, u64), ImageError> {
+    let store = BlobStore::open(cache_root)?;
+    let _gc = lock(&store.gc_lock)?;
+    let mut keep: HashSet<String> = needed.clone();
+    for e in std::fs::read_dir(&store.pins).ctx("read directory", &store.pins)? {
+        let path = e.ctx("read directory", &store.pins)?.path();
+        if try_lock(&path)?.is_some() {
+            tracing::debug!(path = %path.display(), "removing the pin file of a pull that died");
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(text) => keep.extend(text.lines().map(str::to_string)),
+            // Its pull finished and removed it meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ImageError::io("read", path, e)),
+        }
+    }
+    let (mut count, mut bytes) = (0, 0);
+    for e in std::fs::read_dir(&store.dir).ctx("read directory", &store.dir)? {
+        let e = e.ctx("read directory", &store.dir)?;
+        let name = e.file_name();
+        let Some(hex) = name.to_str() else { continue };
+        if keep.contains(&format!("{}{hex}", digest::SHA256_PREFIX)) {
+            continue;
+        }
+        let path = e.path();
+        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::debug!(path = %path.display(), bytes = len, "deleted a blob no image needs");
+                count += 1;
+                bytes += len;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ImageError::io("remove", path, e)),
+        }
+    }
+    Ok((count, bytes))
 }

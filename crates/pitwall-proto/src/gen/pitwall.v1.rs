@@ -22,7 +22,7 @@ pub struct Envelope {
     /// The control replica that asks binds its own reply queue to it.
     #[prost(string, tag = "6")]
     pub reply_to: ::prost::alloc::string::String,
-    #[prost(oneof = "envelope::Payload", tags = "10, 11, 12, 13, 14, 15")]
+    #[prost(oneof = "envelope::Payload", tags = "10, 11, 12, 13, 14, 15, 16")]
     pub payload: ::core::option::Option<envelope::Payload>,
 }
 /// Nested message and enum types in `Envelope`.
@@ -41,6 +41,8 @@ pub mod envelope {
         ImageStatus(super::ImageStatus),
         #[prost(message, tag = "15")]
         ConsoleOutput(super::ConsoleOutput),
+        #[prost(message, tag = "16")]
+        ImageProgress(super::ImageProgress),
     }
 }
 /// What a VM is made of; enough for a host to build and boot it with no other lookup.
@@ -60,6 +62,30 @@ pub struct VmSpec {
     /// Owner, for the overlay identity "<owner>-<name>".
     #[prost(string, tag = "6")]
     pub owner: ::prost::alloc::string::String,
+    /// Changes to the image's run configuration given at create time; absent: none.
+    #[prost(message, optional, tag = "7")]
+    pub run: ::core::option::Option<RunOverrides>,
+}
+/// What a user changed of an image's run configuration (docker run's rules: an entrypoint
+/// given drops the image's Cmd unless cmd is given too). An absent field keeps the image's.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RunOverrides {
+    #[prost(message, optional, tag = "1")]
+    pub entrypoint: ::core::option::Option<StringList>,
+    #[prost(message, optional, tag = "2")]
+    pub cmd: ::core::option::Option<StringList>,
+    /// KEY=value entries replacing the image's of the same key, or added.
+    #[prost(string, repeated, tag = "3")]
+    pub env: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, optional, tag = "4")]
+    pub working_dir: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(string, optional, tag = "5")]
+    pub user: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StringList {
+    #[prost(string, repeated, tag = "1")]
+    pub values: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// control → host, routing key orchestrator.<host>.vm.<verb>.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -221,6 +247,41 @@ pub struct PullImage {
     /// Canonical reference: registry/repository with a tag, a digest, or both.
     #[prost(string, tag = "1")]
     pub reference: ::prost::alloc::string::String,
+}
+/// host → control: how far a pull has got, sent to the PullImage command's reply_to with its
+/// correlation id, before the final ImageStatus. Throttled by the host (a few per second per
+/// blob, and always the first and last of each blob).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ImageProgress {
+    #[prost(string, tag = "1")]
+    pub reference: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub host: ::prost::alloc::string::String,
+    #[prost(oneof = "image_progress::Event", tags = "10, 11")]
+    pub event: ::core::option::Option<image_progress::Event>,
+}
+/// Nested message and enum types in `ImageProgress`.
+pub mod image_progress {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Event {
+        #[prost(message, tag = "10")]
+        Blob(super::BlobProgress),
+        /// Every blob is here; the host builds (or finds) the base image of this manifest.
+        #[prost(string, tag = "11")]
+        Building(::prost::alloc::string::String),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobProgress {
+    #[prost(string, tag = "1")]
+    pub digest: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub bytes_done: u64,
+    #[prost(uint64, tag = "3")]
+    pub bytes_total: u64,
+    /// Already in the host's blob store: nothing downloaded.
+    #[prost(bool, tag = "4")]
+    pub present: bool,
 }
 /// host → control: the answer to an ImageCommand, sent to the command's reply_to
 /// (orchestrator.reply.<replica>), and also published as orchestrator.image.status.<host>.

@@ -54,6 +54,19 @@ impl<'r> Cells<'r> {
         .transpose()
     }
 
+    /// A JSON document stored as TEXT in a column that may be NULL.
+    pub(super) fn optional_json<T: serde::de::DeserializeOwned>(
+        &self,
+        column: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let text: Option<String> = self.get(column)?;
+        text.map(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| self.corrupt(column, format_args!("not the JSON expected: {e}")))
+        })
+        .transpose()
+    }
+
     /// A JSON document stored as TEXT.
     pub(super) fn json<T: serde::de::DeserializeOwned>(
         &self,
@@ -101,7 +114,9 @@ pub(super) fn decode_vm(row: &SqliteRow) -> Result<VmRecord, StoreError> {
             vcpus: c.unsigned("vcpus")?,
             memory_mib: c.unsigned("memory_mib")?,
             disk_mib: c.unsigned("disk_mib")?,
+            run: c.optional_json("run_overrides")?.unwrap_or_default(),
         },
+        exposed_ports: c.optional_json("exposed_ports")?.unwrap_or_default(),
         owner: c.get("owner")?,
         group: c.get("vm_group")?,
         charge: c.get("charge")?,

@@ -46,6 +46,7 @@ macro_rules! store_suite {
     ($make:path) => {
         $crate::store_suite!(@cases $make;
             create_then_get_by_name_and_id,
+            run_overrides_and_exposed_ports_are_kept,
             create_appends_a_pending_event,
             list_is_ordered_by_name,
             unknown_vm_is_none,
@@ -227,6 +228,25 @@ pub async fn create_then_get_by_name_and_id(store: Arc<dyn Store>) -> TestResult
         (vm.state, vm.generation, vm.state_generation),
         (Pending, 1, 0)
     );
+    Ok(())
+}
+
+pub async fn run_overrides_and_exposed_ports_are_kept(store: Arc<dyn Store>) -> TestResult {
+    let mut vm = new_vm("job");
+    vm.spec.run = pitwall_core::RunOverrides {
+        entrypoint: Some(vec![]),
+        cmd: Some(vec!["/bin/sh".into(), "-c".into(), "echo 'a b'".into()]),
+        env: vec!["A=1".into(), "EMPTY=".into()],
+        working_dir: Some("/srv".into()),
+        user: Some("1000:1000".into()),
+    };
+    vm.exposed_ports = vec!["53/udp".into(), "80/tcp".into()];
+    store.create_vm(&vm, &[]).await?;
+    assert_eq!(store.get_vm_by_id(vm.id).await?, Some(vm.clone()));
+    // A VM without either reads back with neither.
+    let plain = create(&*store, "plain").await?;
+    let back = store.get_vm_by_id(plain.id).await?.expect("stored");
+    assert!(back.spec.run.is_empty() && back.exposed_ports.is_empty());
     Ok(())
 }
 

@@ -65,10 +65,69 @@ async fn create_records_a_pending_vm_and_sends_its_host_one_create_command() {
             memory_mib: 512,
             disk_mib: 2048,
             owner: vm.owner.clone(),
+            run: None,
         })
     );
     assert_eq!(h.host.waiting_commands().await, 0, "exactly one command");
     assert_eq!(h.vm("web").await, vm);
+}
+
+#[tokio::test]
+async fn create_records_run_overrides_and_the_images_exposed_ports_and_sends_them_to_the_host() {
+    let mut h = Harness::start().await;
+    let mut img = crate::testing::image_record("demo/ports:1", HOST);
+    img.config = json!({ "cmd": ["/srv/web"], "exposed_ports": ["8080/tcp", "53/udp"] });
+    h.control
+        .inner
+        .store
+        .put_image(&img)
+        .await
+        .expect("put image");
+    let run = json!({
+        "entrypoint": ["/bin/sh"],
+        "cmd": ["-c", "exec /srv/web"],
+        "env": ["PORT=8080"],
+        "working_dir": "/srv",
+        "user": "1000",
+    });
+    let r = h
+        .post_json(
+            "/v1/vms",
+            json!({ "name": "web", "image": "demo/ports:1", "run": run }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let vm: pitwall_api::Vm = r.json();
+    assert_eq!(vm.exposed_ports, ["53/udp", "8080/tcp"]);
+    assert_eq!(serde_json::to_value(&vm.run).unwrap(), run);
+    let (_, cmd) = h.host.next_vm_command().await;
+    let Some(Command::Create(create)) = cmd.command else {
+        panic!("not a create: {cmd:?}");
+    };
+    let sent = create.spec.and_then(|s| s.run).expect("overrides sent");
+    assert_eq!(
+        pitwall_core::RunOverrides::from(&sent),
+        serde_json::from_value(run).unwrap()
+    );
+    // The store keeps both: a restarted control plane shows and sends the same.
+    let shown: pitwall_api::Vm = h.get("/v1/vms/web").await.json();
+    assert_eq!(shown, vm);
+}
+
+#[tokio::test]
+async fn bad_run_overrides_are_refused_naming_the_field() {
+    let h = Harness::start().await;
+    for (run, field) in [
+        (json!({ "env": ["NOEQUALS"] }), "env"),
+        (json!({ "working_dir": "relative" }), "working_dir"),
+        (json!({ "cmd": ["a\0b"] }), "cmd"),
+        (json!({ "entrypoint": "/bin/sh" }), "entrypoint"),
+        (json!({ "command": ["x"] }), "command"),
+    ] {
+        let body = json_body(json!({ "name": "web", "image": IMAGE, "run": run }));
+        let e = refused_create(&h, body, StatusCode::BAD_REQUEST, "invalid_argument").await;
+        assert!(e.message.contains(field), "{field}: {}", e.message);
+    }
 }
 
 #[tokio::test]
