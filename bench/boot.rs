@@ -13,25 +13,19 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[path = "stats.rs"]
+mod stats;
+
 use anyhow::{bail, Context};
 use pitwall_api::CreateVmRequest;
 use pitwall_testkit::Daemon;
 use pitwall_vmm::{Disk, VmConfig};
+use stats::median;
 
 const LINE: &str = "bench-guest-up";
 /// What powerunit prints on the console when it reports readiness.
 const READY: &str = "powerunit: ready";
 const IMAGE: &str = "bench/hello:1";
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 async fn wait_for_line(console: &Path, deadline: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
@@ -181,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
         api.push(pitwall_boot(&d, i).await?);
     }
     let accel = format!("{:?}", pitwall_vmm::detect_accel()).to_lowercase();
-    let (mb, ma) = (median(&mut bare.clone()), median(&mut api.clone()));
+    let (mb, ma) = (median(&bare), median(&api));
     let out = serde_json::json!({
         "benchmark": "boot",
         "iterations": n,

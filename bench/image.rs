@@ -21,26 +21,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+#[path = "stats.rs"]
+mod stats;
+
 use anyhow::{bail, Context};
 use pitwall_core::ImageRef;
 use pitwall_image::registry::{self, PullProgress, RegistryOptions};
 use pitwall_image::ImageCache;
 use pitwall_testkit::registry::Registry;
+use stats::median;
 
 const REPO: &str = "bench/debian:minbase";
 /// The data disk a VM gets by default (`pitwall-core`'s default `disk_mib`).
 const DISK_MIB: u64 = 1024;
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let out = cmd

@@ -77,6 +77,7 @@ impl Harness {
             store.clone(),
             "https://pitwall.test".into(),
             "pitwall".into(),
+            crate::auth::issuer::ADMIN_ROLE,
         )
         .await
         .expect("built-in issuer opens");

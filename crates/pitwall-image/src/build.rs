@@ -102,6 +102,24 @@ pub fn layout_from_layers(
     layout.add_image(descs, config, tag)
 }
 
+/// The body of a PAX extended header holding `records` (`"LEN KEY=VALUE\n"` each, where LEN
+/// counts the whole record, its own digits included). For writing test layers; the bytes of
+/// a value are kept as they are.
+pub fn pax_records(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (k, v) in records {
+        let fixed = 1 + k.len() + 1 + v.len() + 1;
+        let mut len = fixed + 1;
+        while len != fixed + len.to_string().len() {
+            len = fixed + len.to_string().len();
+        }
+        body.extend_from_slice(format!("{len} {k}=").as_bytes());
+        body.extend_from_slice(v);
+        body.push(b'\n');
+    }
+    body
+}
+
 struct Layout {
     dir: PathBuf,
     blobs: PathBuf,

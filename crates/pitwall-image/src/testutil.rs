@@ -32,22 +32,11 @@ impl Layer {
         pax: &[(&str, &[u8])],
     ) -> Self {
         if !pax.is_empty() {
-            let mut recs = Vec::new();
-            for (k, v) in pax {
-                let body_len = 1 + k.len() + 1 + v.len() + 1;
-                let mut len = body_len + 1;
-                while len != body_len + len.to_string().len() {
-                    len = body_len + len.to_string().len();
-                }
-                recs.extend_from_slice(format!("{len} {k}=").as_bytes());
-                recs.extend_from_slice(v);
-                recs.push(b'\n');
-            }
             self = self.raw(
                 EntryType::XHeader,
                 "PaxHeader",
                 "",
-                &recs.clone(),
+                &crate::build::pax_records(pax),
                 (0o644, 0, 0),
                 &[],
             );

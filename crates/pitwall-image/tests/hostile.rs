@@ -86,17 +86,7 @@ impl Tar {
 
     /// A PAX record set for the entry that follows.
     fn pax(self, records: &[(&str, &[u8])]) -> Self {
-        let mut body = Vec::new();
-        for (k, v) in records {
-            let fixed = 1 + k.len() + 1 + v.len() + 1;
-            let mut len = fixed + 1;
-            while len != fixed + len.to_string().len() {
-                len = fixed + len.to_string().len();
-            }
-            body.extend_from_slice(format!("{len} {k}=").as_bytes());
-            body.extend_from_slice(v);
-            body.push(b'\n');
-        }
+        let body = pitwall_image::build::pax_records(records);
         self.entry(EntryType::XHeader, "PaxHeader", "", &body, 0o644)
     }
 

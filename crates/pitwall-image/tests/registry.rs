@@ -367,3 +367,38 @@ async fn a_plain_http_registry_not_marked_insecure_is_a_tls_error_suggesting_ins
     assert!(msg.contains("HTTPS") && msg.contains("insecure"), "{msg}");
     assert!(msg.contains(registry.addr()), "{msg}");
 }
+
+#[tokio::test]
+async fn an_https_registry_with_its_own_ca_is_pulled_once_the_ca_is_given_and_refused_before() {
+    let s = setup();
+    let registry = Registry::start_tls().unwrap();
+    let (layout, digest) = s.busybox();
+    registry.push(&layout, "demo/busybox:v1", false).unwrap();
+    let https = RegistryOptions {
+        insecure: vec![],
+        ..s.options(&registry)
+    };
+
+    let err = pull_quietly(&s.cache, &image(&registry, "demo/busybox:v1"), &https)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ImageError::RegistryConnection { .. }),
+        "an unknown CA is a connection error: {err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(registry.addr()), "{msg}");
+    assert!(
+        msg.contains("ca_files") || msg.contains("CA"),
+        "it says how to trust the registry: {msg}"
+    );
+
+    let trusted = RegistryOptions {
+        ca_files: vec![registry.ca().unwrap().to_path_buf()],
+        ..https
+    };
+    let info = pull_quietly(&s.cache, &image(&registry, "demo/busybox:v1"), &trusted)
+        .await
+        .unwrap();
+    assert_eq!(info.digest, digest);
+}

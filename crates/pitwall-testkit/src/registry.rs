@@ -37,12 +37,24 @@ pub struct Registry {
     dir: tempfile::TempDir,
     addr: String,
     auth: Option<(String, String)>,
+    /// The CA (PEM) that signed the registry's certificate, when it serves HTTPS.
+    ca: Option<PathBuf>,
 }
 
 impl Registry {
     /// Starts a registry with fresh storage; with `auth` = `(user, password)`, every request
     /// needs those credentials (htpasswd, bcrypt). Waits until `GET /v2/` answers.
     pub fn start(auth: Option<(&str, &str)>) -> anyhow::Result<Registry> {
+        Self::start_with(auth, false)
+    }
+
+    /// Starts a registry serving HTTPS with a certificate for `127.0.0.1` signed by a CA made
+    /// for it ([`Registry::ca`]), which nothing trusts unless told to.
+    pub fn start_tls() -> anyhow::Result<Registry> {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(auth: Option<(&str, &str)>, tls: bool) -> anyhow::Result<Registry> {
         if !Path::new(DOCKER_REGISTRY).is_file() {
             bail!("{DOCKER_REGISTRY} is missing: run scripts/setup.sh (Debian package docker-registry)");
         }
@@ -74,6 +86,17 @@ impl Registry {
                 file.display()
             ));
         }
+        let ca = if tls {
+            let (ca, cert, key) = make_certificates(dir.path())?;
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+            Some(ca)
+        } else {
+            None
+        };
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
@@ -90,6 +113,7 @@ impl Registry {
             dir,
             addr,
             auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+            ca,
         };
         registry.wait_ready()?;
         Ok(registry)
@@ -105,7 +129,8 @@ impl Registry {
                 );
             }
             if let Some(code) = self.v2_status() {
-                if code == 200 || code == 401 {
+                // An HTTPS server answers this plain request with 400: it is up.
+                if code == 200 || code == 401 || (self.ca.is_some() && code == 400) {
                     return Ok(());
                 }
             }
@@ -138,6 +163,11 @@ impl Registry {
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The CA certificate (PEM) of an HTTPS registry ([`Registry::start_tls`]).
+    pub fn ca(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// The registry's storage root.
@@ -194,6 +224,85 @@ impl Registry {
         }
         Ok(std::fs::read_to_string(&digest_file)?.trim().to_string())
     }
+}
+
+/// A CA and a server certificate for `127.0.0.1` signed by it, made with `openssl` in `dir`:
+/// (CA certificate, server certificate, server key), PEM files.
+fn make_certificates(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    need("openssl", "openssl")?;
+    let p = |name: &str| dir.join(name);
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("cannot run openssl")?;
+        if !out.status.success() {
+            bail!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pitwall test registry CA",
+        ],
+    ]
+    .concat())?;
+    run(&[
+        &["req"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "key.pem",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat())?;
+    std::fs::write(
+        p("server.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])?;
+    Ok((p("ca.pem"), p("cert.pem"), p("key.pem")))
 }
 
 impl Drop for Registry {

@@ -152,17 +152,8 @@ pub fn ensure_data_disk(
             return create_data_disk(path, size_mib, label);
         }
     };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let io = |what| {
-        move |source| VmmError::Io {
-            what,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
+    let dir = parent_dir(path);
+    let io = |what| io_err(what, path);
     let tmp = tempfile::Builder::new()
         .prefix(".data-")
         .tempfile_in(dir)
@@ -248,17 +239,8 @@ pub fn encode_config(cfg: &GuestConfig) -> Vec<u8> {
 
 /// Write the config disk for `cfg` to `path` (atomically: a temporary file renamed over it).
 pub fn write_config_disk(path: &Path, cfg: &GuestConfig) -> Result<(), VmmError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let io = |what| {
-        move |source| VmmError::Io {
-            what,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
+    let dir = parent_dir(path);
+    let io = |what| io_err(what, path);
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("create config disk"))?;
     std::fs::write(tmp.path(), encode_config(cfg)).map_err(io("write config disk"))?;
     tmp.persist(path).map_err(|e| VmmError::Io {
@@ -267,6 +249,22 @@ pub fn write_config_disk(path: &Path, cfg: &GuestConfig) -> Result<(), VmmError>
         source: e.error,
     })?;
     Ok(())
+}
+
+/// The directory `path` is in (`.` for a bare file name): where its temporary file goes.
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Maps an IO error on `path` to [`VmmError::Io`] saying `what` failed.
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> VmmError + 'a {
+    move |source| VmmError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Read back a config disk (for inspection and tests).

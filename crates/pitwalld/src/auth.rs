@@ -63,6 +63,7 @@ pub async fn build(
                 store,
                 BUILTIN_ISSUER.into(),
                 a.audience.clone(),
+                &a.admin_role,
             )
             .await
             .context("cannot start the built-in issuer")?;

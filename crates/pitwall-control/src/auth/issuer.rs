@@ -38,7 +38,8 @@ use crate::auth::{AuthError, KeySource};
 
 /// The user created on first start.
 pub const ADMIN_USERNAME: &str = "admin";
-/// The role that makes a user an administrator (the admin user holds it).
+/// The default role that makes a user an administrator (`auth.admin_role`); the bootstrapped
+/// admin gets the configured one.
 pub const ADMIN_ROLE: &str = "pitwall-admin";
 /// The signing key, in the data directory: PKCS#8 PEM, mode 0600.
 pub const KEY_FILE: &str = "issuer-key.pem";
@@ -232,6 +233,7 @@ impl BuiltinIssuer {
         store: Arc<dyn Store>,
         issuer_url: String,
         audience: String,
+        admin_role: &str,
     ) -> Result<(BuiltinIssuer, Option<AdminBootstrap>), IssuerError> {
         std::fs::create_dir_all(data_dir).map_err(|source| IssuerError::Write {
             path: data_dir.to_path_buf(),
@@ -266,7 +268,7 @@ impl BuiltinIssuer {
             jwks: JwkSet { keys: vec![jwk] },
             dummy_hash,
         };
-        let bootstrap = issuer.bootstrap_admin(data_dir).await?;
+        let bootstrap = issuer.bootstrap_admin(data_dir, admin_role).await?;
         tracing::info!(issuer = %issuer.issuer_url, kid = %issuer.kid, "built-in issuer ready");
         Ok((issuer, bootstrap))
     }
@@ -434,6 +436,7 @@ impl BuiltinIssuer {
     async fn bootstrap_admin(
         &self,
         data_dir: &Path,
+        admin_role: &str,
     ) -> Result<Option<AdminBootstrap>, IssuerError> {
         if self.store.get_user(ADMIN_USERNAME).await?.is_some() {
             return Ok(None);
@@ -442,7 +445,7 @@ impl BuiltinIssuer {
         let admin = UserRecord {
             username: ADMIN_USERNAME.to_string(),
             password_hash: hash_password(password.clone()).await?,
-            roles: vec![ADMIN_ROLE.to_string()],
+            roles: vec![admin_role.to_string()],
             groups: vec![],
             disabled: false,
             created_at: OffsetDateTime::now_utc(),

@@ -16,7 +16,29 @@ async fn open(
     dir: &Path,
     store: Arc<dyn Store>,
 ) -> Result<(BuiltinIssuer, Option<AdminBootstrap>), IssuerError> {
-    BuiltinIssuer::open(dir, store, ISSUER.into(), AUDIENCE.into()).await
+    BuiltinIssuer::open(dir, store, ISSUER.into(), AUDIENCE.into(), ADMIN_ROLE).await
+}
+
+#[tokio::test]
+async fn the_bootstrapped_admin_gets_the_configured_admin_role() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = store().await;
+    let (_, boot) = BuiltinIssuer::open(
+        dir.path(),
+        store.clone(),
+        ISSUER.into(),
+        AUDIENCE.into(),
+        "ops-admins",
+    )
+    .await
+    .expect("issuer opens");
+    let boot = boot.expect("admin bootstrapped");
+    let admin = store
+        .get_user(&boot.username)
+        .await
+        .expect("store")
+        .expect("admin stored");
+    assert_eq!(admin.roles, ["ops-admins"]);
 }
 
 async fn issuer() -> (tempfile::TempDir, BuiltinIssuer) {
