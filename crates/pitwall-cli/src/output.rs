@@ -195,7 +195,7 @@ pub fn vm_details(vm: &Vm, now: OffsetDateTime) -> String {
 }
 
 /// `sha256:0123456789ab`: enough of a digest to tell images apart.
-fn short_digest(digest: &str) -> String {
+pub fn short_digest(digest: &str) -> String {
     match digest.split_once(':') {
         Some((algo, hex)) => format!("{algo}:{}", hex.get(..12).unwrap_or(hex)),
         None => digest.to_owned(),

@@ -9,6 +9,8 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pitwall_api::PullEvent;
 
+use crate::output::short_digest;
+
 /// The bars of one pull.
 pub struct PullBars {
     multi: MultiProgress,
@@ -47,7 +49,7 @@ impl PullBars {
                 let bar = self.blobs.entry(digest.clone()).or_insert_with(|| {
                     let bar = self.multi.add(ProgressBar::new(*bytes_total));
                     bar.set_style(blob_style());
-                    bar.set_prefix(short(digest));
+                    bar.set_prefix(short_digest(digest));
                     bar
                 });
                 bar.set_length(*bytes_total);
@@ -69,7 +71,10 @@ impl PullBars {
                     ProgressStyle::with_template("{spinner} {msg} {elapsed}")
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
-                spinner.set_message(format!("building the root image of {}", short(digest)));
+                spinner.set_message(format!(
+                    "building the root image of {}",
+                    short_digest(digest)
+                ));
                 spinner.enable_steady_tick(Duration::from_millis(120));
                 self.building = Some(spinner);
             }
@@ -114,14 +119,6 @@ fn blob_style() -> ProgressStyle {
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ")
-}
-
-/// `sha256:0123456789ab`.
-fn short(digest: &str) -> String {
-    match digest.split_once(':') {
-        Some((algo, hex)) => format!("{algo}:{}", hex.get(..12).unwrap_or(hex)),
-        None => digest.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -103,13 +103,18 @@ struct Inner {
     reply_key: String,
     events: broadcast::Sender<EventRecord>,
     hosts: hosts::Hosts,
-    pending: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
-    /// Where progress reports of a pending request go (by correlation id), for the requests
-    /// that asked for them.
-    progress: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<ImageProgress>>>,
+    /// Requests waiting for their answer, by correlation id.
+    pending: Mutex<HashMap<String, Pending>>,
     /// Sequence number of the last event broadcast to subscribers.
     last_seq: tokio::sync::Mutex<u64>,
     started: Instant,
+}
+
+/// A request sent to a host: where its answer goes, and its progress reports (ImageProgress,
+/// sent before the answer) for the requests that asked for them.
+struct Pending {
+    reply: oneshot::Sender<Envelope>,
+    progress: Option<tokio::sync::mpsc::UnboundedSender<ImageProgress>>,
 }
 
 impl Control {
@@ -142,7 +147,6 @@ impl Control {
                 events,
                 hosts: hosts::Hosts::default(),
                 pending: Mutex::new(HashMap::new()),
-                progress: Mutex::new(HashMap::new()),
                 last_seq: tokio::sync::Mutex::new(last_seq),
                 started: Instant::now(),
             }),

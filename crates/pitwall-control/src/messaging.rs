@@ -14,7 +14,7 @@ use pitwall_store::{StatusOutcome, VmRecord};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::{Control, ControlError};
+use crate::{Control, ControlError, Pending};
 
 const PREFETCH: u16 = 64;
 
@@ -89,8 +89,8 @@ impl Control {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
         match waiter {
-            Some(tx) => {
-                let _ = tx.send(env);
+            Some(p) => {
+                let _ = p.reply.send(env);
             }
             None => debug!(correlation_id = id, "reply nobody waits for (timed out?)"),
         }
@@ -100,12 +100,8 @@ impl Control {
     /// request did not ask, or timed out).
     fn on_progress(&self, correlation: Option<&str>, p: ImageProgress) {
         let Some(id) = correlation else { return };
-        let map = self
-            .inner
-            .progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = map.get(id) {
+        let pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = pending.get(id).and_then(|w| w.progress.as_ref()) {
             let _ = tx.send(p);
         }
     }
@@ -308,8 +304,13 @@ impl Control {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), tx);
-        let _progress = progress.map(|p| ProgressSlot::register(self, &id, p));
+            .insert(
+                id.clone(),
+                Pending {
+                    reply: tx,
+                    progress,
+                },
+            );
         let sent = self.publish_command(host, verb, payload, Some(&id)).await;
         let out = match sent {
             Ok(()) => tokio::time::timeout(timeout, rx)
@@ -343,41 +344,6 @@ impl Control {
                 },
             )),
         })
-    }
-}
-
-/// A request's entry in the progress map, removed when the request ends however it ends.
-struct ProgressSlot {
-    control: Control,
-    id: String,
-}
-
-impl ProgressSlot {
-    fn register(
-        c: &Control,
-        id: &str,
-        tx: tokio::sync::mpsc::UnboundedSender<ImageProgress>,
-    ) -> Self {
-        c.inner
-            .progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), tx);
-        Self {
-            control: c.clone(),
-            id: id.to_string(),
-        }
-    }
-}
-
-impl Drop for ProgressSlot {
-    fn drop(&mut self) {
-        self.control
-            .inner
-            .progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
     }
 }
 

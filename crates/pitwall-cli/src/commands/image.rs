@@ -41,14 +41,7 @@ pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Pull { reference } => {
             let image = pull(ctx, &reference).await?;
             tracing::info!(image = %image.reference, digest = %image.digest, "image pulled");
-            ctx.show(&image, |i, _| {
-                format!(
-                    "pulled {} ({}, {})\n",
-                    i.reference,
-                    i.digest,
-                    output::bytes(i.size_bytes)
-                )
-            })
+            ctx.show(&image, |i, _| done("pulled", i))
         }
         ImageCommand::List => {
             let images = ctx.client.list_images().await?;
@@ -79,6 +72,16 @@ pub async fn run(ctx: &Ctx, command: ImageCommand) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// `pulled REF (DIGEST, SIZE)`: the one line an import or a pull prints.
+fn done(verb: &str, i: &Image) -> String {
+    format!(
+        "{verb} {} ({}, {})\n",
+        i.reference,
+        i.digest,
+        output::bytes(i.size_bytes)
+    )
 }
 
 /// Pulls with progress bars on stderr (none for JSON output, or when stderr is no terminal).
@@ -118,14 +121,7 @@ async fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {
         ctx.client.import_image_file(&a.name, &a.path).await?
     };
     tracing::info!(image = %image.reference, digest = %image.digest, "image imported");
-    ctx.show(&image, |i, _| {
-        format!(
-            "imported {} ({}, {})\n",
-            i.reference,
-            i.digest,
-            output::bytes(i.size_bytes)
-        )
-    })
+    ctx.show(&image, |i, _| done("imported", i))
 }
 
 /// Pack an OCI image layout directory into a temporary tar file, deleted when dropped.
