@@ -4,7 +4,8 @@
 //! - **baseline**: `skopeo copy docker://… oci:DIR` + `umoci unpack --image` +
 //!   `mkfs.ext4 -d` with the options and sizing Pitwall's `ext4.rs` uses;
 //! - **pitwall cold**: `registry::pull` into a fresh image cache (download, digest checks,
-//!   layer apply, ext4 build, publish);
+//!   layer apply, EROFS base build, publish); and the same building an ext4 base
+//!   (`base_format = "ext4"`), for comparison;
 //! - **second VM**: what the host does per VM for an image already in the cache (the
 //!   `prepare` step of the VM actor: cache lookup, data disk, config disk).
 //!
@@ -27,7 +28,7 @@ mod stats;
 use anyhow::{bail, Context};
 use pitwall_core::ImageRef;
 use pitwall_image::registry::{self, PullProgress, RegistryOptions};
-use pitwall_image::ImageCache;
+use pitwall_image::{BaseFormat, ImageCache, ImportOptions};
 use pitwall_testkit::registry::Registry;
 use stats::median;
 
@@ -131,8 +132,12 @@ struct Cold {
     download: f64,
 }
 
-async fn pitwall_cold(addr: &str, cache_dir: &Path) -> anyhow::Result<Cold> {
-    let cache = ImageCache::open(cache_dir)?;
+async fn pitwall_cold(addr: &str, cache_dir: &Path, format: BaseFormat) -> anyhow::Result<Cold> {
+    let options = ImportOptions {
+        base_format: format,
+        ..ImportOptions::default()
+    };
+    let cache = ImageCache::open_with(cache_dir, options)?;
     let reference = ImageRef::parse(&format!("{addr}/{REPO}"))?;
     let opts = RegistryOptions {
         insecure: vec![addr.to_string()],
@@ -231,13 +236,26 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut mkfs_disk = Vec::new();
     let (mut base, mut cold, mut download, mut second) = (vec![], vec![], vec![], vec![]);
+    let (mut cold_ext4, mut ext4_bytes) = (vec![], 0);
     let mut size_bytes = 0;
     for i in 0..n {
         base.push(baseline(&addr, work.path(), i)?);
         let cache_dir = work.path().join(format!("pitwall-{i}"));
-        let c = pitwall_cold(&addr, &cache_dir).await?;
+        let c = pitwall_cold(&addr, &cache_dir, BaseFormat::Erofs).await?;
         cold.push(c.total);
         download.push(c.download);
+        // The same pull building an ext4 base instead (`[host] base_format = "ext4"`).
+        let ext4_dir = work.path().join(format!("pitwall-ext4-{i}"));
+        cold_ext4.push(
+            pitwall_cold(&addr, &ext4_dir, BaseFormat::Ext4)
+                .await?
+                .total,
+        );
+        ext4_bytes = ImageCache::open(&ext4_dir)?
+            .get(&ImageRef::parse(&format!("{addr}/{REPO}"))?)?
+            .context("pulled image not cached")?
+            .size_bytes;
+        std::fs::remove_dir_all(&ext4_dir)?;
         let reference = ImageRef::parse(&format!("{addr}/{REPO}"))?;
         size_bytes = ImageCache::open(&cache_dir)?
             .get(&reference)?
@@ -262,7 +280,12 @@ async fn main() -> anyhow::Result<()> {
     let out = serde_json::json!({
         "benchmark": "image",
         "iterations": n,
-        "image": { "repository": REPO, "compressed_bytes": blob_bytes, "rootfs_ext4_bytes": size_bytes },
+        "image": {
+            "repository": REPO,
+            "compressed_bytes": blob_bytes,
+            "rootfs_erofs_bytes": size_bytes,
+            "rootfs_ext4_bytes": ext4_bytes,
+        },
         "baseline_skopeo_umoci_mkfs_s": { "median": mb, "samples": base },
         "pitwall_cold_pull_s": {
             "median": mc,
@@ -276,8 +299,10 @@ async fn main() -> anyhow::Result<()> {
             "data_disk_mib": DISK_MIB,
             "first_vm_of_this_disk_size_ms": first_disk * 1e3,
         },
+        "pitwall_cold_pull_ext4_base_s": { "median": median(&cold_ext4), "samples": cold_ext4 },
         "data_disk_by_mkfs_ms": { "median": median(&mkfs_disk), "samples": mkfs_disk },
         "speedup_baseline_over_pitwall_cold": mb / mc,
+        "speedup_baseline_over_pitwall_cold_ext4_base": mb / median(&cold_ext4),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

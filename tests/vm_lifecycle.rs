@@ -19,6 +19,10 @@ async fn vm_boots_from_an_imported_image_and_leaves_nothing_behind() -> anyhow::
         console.contains("from web-1"),
         "hostname is the VM name: {console}"
     );
+    assert!(
+        console.contains(" (erofs), data "),
+        "the guest mounted the EROFS base the host built: {console}"
+    );
     assert!(!d.vmm_pids().is_empty(), "a VMM process runs");
 
     c.stop_vm("web-1").await?;

@@ -51,6 +51,8 @@ pub struct HostConfig {
     pub boot_timeout: Duration,
     /// How image pulls reach registries: insecure registries, extra CAs, credentials.
     pub registry: RegistryOptions,
+    /// The filesystem of base images built from now on (images in the cache keep theirs).
+    pub base_format: pitwall_image::BaseFormat,
 }
 
 impl HostConfig {
@@ -70,6 +72,7 @@ impl HostConfig {
             heartbeat_interval: Duration::from_secs(2),
             boot_timeout: Duration::from_secs(120),
             registry: RegistryOptions::default(),
+            base_format: pitwall_image::BaseFormat::default(),
         }
     }
 }
@@ -181,7 +184,11 @@ impl Host {
         }
         let images = {
             let root = cfg.data_dir.join("images");
-            tokio::task::spawn_blocking(move || ImageCache::open(&root))
+            let options = pitwall_image::ImportOptions {
+                base_format: cfg.base_format,
+                ..Default::default()
+            };
+            tokio::task::spawn_blocking(move || ImageCache::open_with(&root, options))
                 .await
                 .map_err(|e| HostError::Config(format!("image cache open panicked: {e}")))??
         };

@@ -282,7 +282,7 @@ async fn create_boots_on_read_only_base_writable_data_and_read_only_config_disks
         .collect();
     assert_eq!(disks.len(), 3, "{disks:?}");
     assert!(
-        disks[0].0.ends_with("rootfs.ext4") && disks[0].1,
+        disks[0].0.ends_with("rootfs.erofs") && disks[0].1,
         "{disks:?}"
     );
     assert_eq!(disks[1], (dir.join("data.ext4"), false));

@@ -1,7 +1,8 @@
 //! The image cache on disk, and the import that fills it.
 //!
 //! ```text
-//! <root>/images/<digest-hex>/rootfs.ext4   read-only base image (mode 0444)
+//! <root>/images/<digest-hex>/rootfs.erofs  read-only base image (mode 0444; rootfs.ext4
+//!                                          when built as ext4, see `BaseFormat`)
 //! <root>/images/<digest-hex>/image.json    what was built (digest, size, run config)
 //! <root>/refs/<name>-<hash>.json           one file per reference: {reference, digest}
 //! <root>/locks/<digest-hex>.lock           held while that digest is being built
@@ -37,12 +38,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::archive::Source;
+use crate::base::{BaseBuilder, BaseFormat};
 use crate::digest;
 use crate::error::{ImageError, IoContext};
-use crate::ext4;
 use crate::layer::Limits;
 use crate::oci::Platform;
 use crate::resolve::{resolve, Format, ResolvedImage};
+use crate::{erofs, ext4};
 use crate::{ImageConfig, ImageInfo};
 
 /// How imports behave. `Default` suits a fresh host.
@@ -52,8 +54,12 @@ pub struct ImportOptions {
     pub max_unpacked_bytes: u64,
     /// Refuse images whose layers hold more entries than this. Default 4 million.
     pub max_entries: u64,
-    /// The `mkfs.ext4` to run. Default: `mkfs.ext4` from `PATH`.
+    /// The format of base images built from now on. Default: EROFS.
+    pub base_format: BaseFormat,
+    /// The `mkfs.ext4` to run for ext4 bases. Default: `mkfs.ext4` from `PATH`.
     pub mkfs_ext4: PathBuf,
+    /// The `mkfs.erofs` to run for EROFS bases. Default: `mkfs.erofs` from `PATH`.
+    pub mkfs_erofs: PathBuf,
     /// OCI architecture name to pick from multi-platform images, and to require of single
     /// ones. Default: this host's (`amd64` on x86_64, `arm64` on aarch64).
     pub architecture: String,
@@ -64,7 +70,9 @@ impl Default for ImportOptions {
         Self {
             max_unpacked_bytes: 16 << 30,
             max_entries: 4_000_000,
+            base_format: BaseFormat::default(),
             mkfs_ext4: ext4::default_mkfs(),
+            mkfs_erofs: erofs::default_mkfs(),
             architecture: host_architecture().to_string(),
         }
     }
@@ -88,6 +96,9 @@ struct ImageRecord {
     size_bytes: u64,
     unpacked_bytes: u64,
     format: String,
+    /// The base image's filesystem; absent (ext4) in records written before it was kept.
+    #[serde(default = "BaseFormat::legacy")]
+    base_format: BaseFormat,
     os: String,
     architecture: String,
     config: ImageConfig,
@@ -113,7 +124,9 @@ pub struct ImageDetails {
     pub references: Vec<String>,
     pub digest: String,
     pub rootfs: PathBuf,
-    /// Size of the ext4 file in bytes.
+    /// The base image's filesystem.
+    pub base_format: BaseFormat,
+    /// Size of the base image file in bytes.
     pub size_bytes: u64,
     /// File data of the unpacked layers, in bytes.
     pub unpacked_bytes: u64,
@@ -343,6 +356,15 @@ impl ImageCache {
         }
     }
 
+    fn base_builder(&self) -> BaseBuilder {
+        let format = self.options.base_format;
+        let mkfs = match format {
+            BaseFormat::Erofs => self.options.mkfs_erofs.clone(),
+            BaseFormat::Ext4 => self.options.mkfs_ext4.clone(),
+        };
+        BaseBuilder { format, mkfs }
+    }
+
     fn wanted_platform(&self) -> Platform {
         Platform {
             architecture: self.options.architecture.clone(),
@@ -374,15 +396,16 @@ impl ImageCache {
         let out = work.dir.path().join("out");
         remove_any(&out);
         fs::create_dir(&out).ctx("create directory", &out)?;
-        let rootfs = out.join("rootfs.ext4");
+        let base = self.base_builder();
+        let rootfs = out.join(base.format.file_name());
         // The staging tree: on a tmpfs when the image fits, else in the work directory.
-        let (unpacked_bytes, size_bytes) = crate::rootfs::unpack_to_ext4(
+        let (unpacked_bytes, size_bytes) = crate::rootfs::unpack_to_base(
             src,
             image,
             work.dir.path(),
             self.limits(),
             check,
-            &self.options.mkfs_ext4,
+            &base,
             &rootfs,
         )?;
         fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o444))
@@ -399,6 +422,7 @@ impl ImageCache {
                 Format::DockerSave => "docker-save",
             }
             .into(),
+            base_format: base.format,
             os: image.platform.os.clone(),
             architecture: image.platform.architecture.clone(),
             config: image.config.clone(),
@@ -434,10 +458,11 @@ impl ImageCache {
                 path: path.clone(),
                 detail: e.to_string(),
             })?;
-        if !dir.join("rootfs.ext4").is_file() {
+        let rootfs = record.base_format.file_name();
+        if !dir.join(rootfs).is_file() {
             return Err(ImageError::CacheCorrupt {
                 path: dir,
-                detail: "rootfs.ext4 is missing".into(),
+                detail: format!("{rootfs} is missing"),
             });
         }
         Ok(Some(record))
@@ -447,7 +472,7 @@ impl ImageCache {
         ImageInfo {
             reference,
             digest: record.digest,
-            rootfs: self.image_dir(hex).join("rootfs.ext4"),
+            rootfs: self.image_dir(hex).join(record.base_format.file_name()),
             size_bytes: record.size_bytes,
             config: record.config,
         }
@@ -615,7 +640,8 @@ impl ImageCache {
             reference: canonical,
             references,
             digest: record.digest,
-            rootfs: self.image_dir(&hex).join("rootfs.ext4"),
+            rootfs: self.image_dir(&hex).join(record.base_format.file_name()),
+            base_format: record.base_format,
             size_bytes: record.size_bytes,
             unpacked_bytes: record.unpacked_bytes,
             format: record.format,

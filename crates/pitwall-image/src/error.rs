@@ -146,17 +146,17 @@ pub enum ImageError {
     #[error("image is too large: {what}; refused. Raise ImportOptions::max_unpacked_bytes or max_entries if images this large are expected")]
     TooLarge { what: String },
 
-    /// `mkfs.ext4` could not be run.
-    #[error(
-        "could not run {program}: {source}; install e2fsprogs (1.43 or newer, for mkfs.ext4 -d)"
-    )]
+    /// `mkfs.ext4` or `mkfs.erofs` could not be run.
+    #[error("could not run {program}: {source}; install {install}")]
     MkfsUnavailable {
         program: PathBuf,
+        /// What to install (the package and what for).
+        install: &'static str,
         #[source]
         source: std::io::Error,
     },
 
-    /// `mkfs.ext4` ran and failed.
+    /// `mkfs.ext4` or `mkfs.erofs` ran and failed.
     #[error("{program} failed building {path} ({status}): {stderr}")]
     MkfsFailed {
         program: PathBuf,

@@ -14,10 +14,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::base::BASE_LABEL;
 use crate::error::{ImageError, IoContext};
-
-/// The filesystem label of every base image; the guest mounts its base image by it.
-pub const BASE_LABEL: &str = "pw-base";
 
 const BLOCK: u64 = 4096;
 const INODE_SIZE: u64 = 256;
@@ -136,6 +134,7 @@ fn run_mkfs(mkfs: &Path, root: &Path, out: &Path, size: u64, inodes: u64) -> Res
         .map_err(|source| {
             Failure::Run(ImageError::MkfsUnavailable {
                 program: mkfs.to_path_buf(),
+                install: "e2fsprogs (1.43 or newer, for mkfs.ext4 -d)",
                 source,
             })
         })?;

@@ -1,6 +1,6 @@
 //! Pitwall's images on a host: import of an OCI image layout (directory or tar) or a
 //! `docker save` archive, safe application of layers into a root tree, and the read-only
-//! ext4 base image built from it, cached by manifest digest; and pulls from OCI registries
+//! base image built from it (EROFS by default, or ext4), cached by manifest digest; and pulls from OCI registries
 //! ([`registry`]), which fetch and verify blobs and then take the import path.
 //!
 //! This code reads hostile input: no archive entry may write outside the root it is applied
@@ -10,15 +10,18 @@
 //!
 //! Modules: `archive` (reading sources), `resolve` (index → manifest → config, selection by
 //! name and platform, digest checks), `layer` (safe apply with whiteouts), `rootfs` (layers
-//! in order, decompression, diff_id checks), `ext4` (`mkfs.ext4 -d`), `cache` (the on-disk
+//! in order, decompression, diff_id checks), `base` (the base format), `erofs` (`mkfs.erofs`,
+//! the volume label), `ext4` (`mkfs.ext4 -d`), `cache` (the on-disk
 //! cache, locking, references), [`build`] (writing OCI layouts, for tests and demos),
 //! [`registry`] (pulls from OCI registries into the cache; the one async part).
 #![forbid(unsafe_code)]
 
 mod archive;
+mod base;
 pub mod build;
 mod cache;
 mod digest;
+mod erofs;
 mod error;
 mod ext4;
 mod layer;
@@ -33,9 +36,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use base::{BaseFormat, BASE_LABEL};
 pub use cache::{host_architecture, GcReport, ImageCache, ImageDetails, ImportOptions};
 pub use error::ImageError;
-pub use ext4::BASE_LABEL;
 
 /// What separates layers in the input of [`fuzz_apply_layer`].
 #[doc(hidden)]
@@ -115,10 +118,10 @@ pub struct ImageInfo {
     /// index). For a `docker save` archive, which carries no manifest blob, the sha256 of the
     /// config blob (docker's image ID). The cache is keyed by it.
     pub digest: String,
-    /// The read-only ext4 base image, labelled [`BASE_LABEL`]. Shared by every VM of this
+    /// The read-only base image (EROFS or ext4), labelled [`BASE_LABEL`]. Shared by every VM of this
     /// image: open it read-only.
     pub rootfs: PathBuf,
-    /// Size of the ext4 file in bytes.
+    /// Size of the base image file in bytes.
     pub size_bytes: u64,
     pub config: ImageConfig,
 }

@@ -1,13 +1,13 @@
-//! From a resolved image to a root tree, and from the tree to the ext4 base image: every layer
+//! From a resolved image to a root tree, and from the tree to the base image: every layer
 //! blob is checked against its digest before any is applied, then each is decompressed (gzip,
 //! zstd or plain, told by its magic bytes; the media type only has to name a tar) on one
 //! thread while another applies it with [`crate::layer`] and checks the uncompressed stream
 //! against the config's diff_id. A check that fails after applying still fails the import, and
 //! the caller throws the tree away.
 //!
-//! Where the tree goes ([`unpack_to_ext4`]): on a tmpfs (`/dev/shm`) when the image fits in a
-//! memory budget, else in the import's work directory. The tree only lives until `mkfs.ext4 -d`
-//! has read it, and creating thousands of files on a disk filesystem costs seconds of kernel
+//! Where the tree goes ([`unpack_to_base`]): on a tmpfs (`/dev/shm`) when the image fits in a
+//! memory budget, else in the import's work directory. The tree only lives until `mkfs.erofs`
+//! (or `mkfs.ext4 -d`) has read it, and creating thousands of files on a disk filesystem costs seconds of kernel
 //! time that a tmpfs does not (measured in docs/performance.md); the base image is then the
 //! one large write to disk. The budget (half the tmpfs's free space and of the available
 //! memory, at most [`MEM_STAGING_MAX`]) is enforced as the unpack limit, so an image that
@@ -23,9 +23,9 @@ use std::time::Duration;
 use rustix::fs::{flock, FlockOperation};
 
 use crate::archive::{sniff, Compression, Source};
+use crate::base::BaseBuilder;
 use crate::digest::{self, HashingReader};
 use crate::error::{ImageError, IoContext};
-use crate::ext4;
 use crate::layer::{Applier, Limits};
 use crate::resolve::{verify_blob, LayerSpec, ResolvedImage};
 
@@ -41,21 +41,21 @@ const TMPFS_MAGIC: i128 = 0x0102_1994;
 const SHM_STALE_AFTER: Duration = Duration::from_secs(600);
 
 /// Unpacks `image` into a staging tree (on a tmpfs when it fits, else under `work_dir`) and
-/// builds the ext4 base image `out` from it with `mkfs`. Returns (file data unpacked, image
-/// size) in bytes. The staging tree is removed before returning.
-pub fn unpack_to_ext4(
+/// builds the base image `out` from it with `base`. Returns (file data unpacked, image size)
+/// in bytes. The staging tree is removed before returning.
+pub(crate) fn unpack_to_base(
     source: &Source,
     image: &ResolvedImage,
     work_dir: &Path,
     limits: Limits,
     check: BlobCheck,
-    mkfs: &Path,
+    base: &BaseBuilder,
     out: &Path,
 ) -> Result<(u64, u64), ImageError> {
     if let Some(mem) = MemStaging::new(image, limits) {
         let tight = mem.limits.max_bytes < limits.max_bytes;
         tracing::debug!(dir = %mem.root.display(), budget = mem.limits.max_bytes, "unpacking on a tmpfs");
-        match unpack_and_build(source, image, &mem.root, mem.limits, check, mkfs, out) {
+        match unpack_and_build(source, image, &mem.root, mem.limits, check, base, out) {
             Ok(r) => return Ok(r),
             Err(e) if out_of_room(&e, tight) => {
                 tracing::info!(error = %e, "image does not fit the memory budget; unpacking on disk");
@@ -70,7 +70,7 @@ pub fn unpack_to_ext4(
     fs::create_dir(&staging).ctx("create directory", &staging)?;
     fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))
         .ctx("set the mode of", &staging)?;
-    let r = unpack_and_build(source, image, &staging, limits, check, mkfs, out);
+    let r = unpack_and_build(source, image, &staging, limits, check, base, out);
     if let Err(e) = fs::remove_dir_all(&staging) {
         tracing::warn!(path = %staging.display(), error = %e, "could not remove the staging tree");
     }
@@ -83,11 +83,11 @@ fn unpack_and_build(
     staging: &Path,
     limits: Limits,
     check: BlobCheck,
-    mkfs: &Path,
+    base: &BaseBuilder,
     out: &Path,
 ) -> Result<(u64, u64), ImageError> {
     let unpacked = unpack(source, image, staging, limits, check)?;
-    let size = ext4::build(mkfs, staging, out)?;
+    let size = base.build(staging, out)?;
     Ok((unpacked, size))
 }
 

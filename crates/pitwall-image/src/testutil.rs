@@ -213,30 +213,15 @@ pub fn debugfs(image: &Path, cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The content of `path` inside the ext4 image, or `None` when it does not exist.
-pub fn ext4_cat(image: &Path, path: &str) -> Option<Vec<u8>> {
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("cat {path}"))
-        .arg(image)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    if err.contains("File not found") {
-        return None;
-    }
-    Some(out.stdout)
+/// The content of `path` inside the base image (either format), or `None` when it does not
+/// exist.
+pub fn base_cat(image: &Path, path: &str) -> Option<Vec<u8>> {
+    pitwall_testkit::base_image::cat(image, path)
 }
 
-/// True when `path` exists in the ext4 image.
-pub fn ext4_exists(image: &Path, path: &str) -> bool {
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("stat {path}"))
-        .arg(image)
-        .output()
-        .unwrap();
-    !String::from_utf8_lossy(&out.stderr).contains("File not found")
+/// True when `path` exists in the base image (either format).
+pub fn base_exists(image: &Path, path: &str) -> bool {
+    pitwall_testkit::base_image::exists(image, path)
 }
 
 /// A scratch area: `cache/` for the image cache, `outside/` a sentinel directory next to it

@@ -1,15 +1,14 @@
 //! A corpus of hostile layers, each imported through the public API (`layout_from_layers`,
-//! then `ImageCache::import`, mkfs.ext4 included) into a cache beside a canary directory.
+//! then `ImageCache::import`, the base image build included) into a cache beside a canary directory.
 //! Whatever the image tries, the canary comes out exactly as it went in, and each case
 //! either fails with a clear error or is contained: what it made is inside the built image
-//! (read back with `debugfs`). Also replays the fuzz target's seed corpus
+//! (read back with `pitwall_testkit::base_image`). Also replays the fuzz target's seed corpus
 //! (`fuzz/corpus/apply_layer`) on stable, so CI runs it.
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use pitwall_core::ImageRef;
 use pitwall_image::build::{layout_from_layers, LayerCompression};
@@ -228,24 +227,10 @@ fn refusal(r: Result<ImageInfo, ImageError>) -> String {
     }
 }
 
-/// `debugfs -R <cmd> <image>`: (stdout, stderr).
-fn debugfs(image: &Path, cmd: &str) -> (String, String) {
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(cmd)
-        .arg(image)
-        .output()
-        .unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use pitwall_testkit::base_image;
 
-fn ext4_exists(image: &Path, path: &str) -> bool {
-    !debugfs(image, &format!("stat {path}"))
-        .1
-        .contains("File not found")
+fn base_exists(image: &Path, path: &str) -> bool {
+    base_image::exists(image, path)
 }
 
 #[test]
@@ -381,12 +366,11 @@ fn absolute_names_and_symlinks_are_contained_in_the_image() {
                 .build(),
         )
         .unwrap();
-    let (out, _) = debugfs(&info.rootfs, &format!("cat {secret}-abs"));
-    assert_eq!(out, "inside");
-    let (stat, _) = debugfs(&info.rootfs, "stat /passwd");
-    assert!(
-        stat.contains(&format!("Fast link dest: \"{secret}\"")),
-        "{stat}"
+    let out = base_image::cat(&info.rootfs, &format!("{secret}-abs")).unwrap();
+    assert_eq!(out, b"inside");
+    assert_eq!(
+        base_image::readlink(&info.rootfs, "/passwd").as_deref(),
+        Some(secret.as_str())
     );
 }
 
@@ -439,11 +423,11 @@ fn sparse_file_within_the_limit_keeps_its_size_and_data() {
                 .build(),
         )
         .unwrap();
-    let (stat, _) = debugfs(&info.rootfs, "stat /sparse");
-    assert!(stat.contains(&format!("Size: {size}")), "{stat}");
+    let stat = base_image::stat(&info.rootfs, "/sparse").unwrap();
+    assert_eq!(stat.size, size);
     assert!(
         info.size_bytes < 2 * size,
-        "{} bytes of ext4",
+        "{} bytes of base image",
         info.size_bytes
     );
 }
@@ -462,10 +446,10 @@ fn device_nodes_and_fifos_are_left_out() {
                 .build(),
         )
         .unwrap();
-    assert!(!ext4_exists(&info.rootfs, "/dev/sda"));
-    assert!(!ext4_exists(&info.rootfs, "/dev/mem"));
-    assert!(!ext4_exists(&info.rootfs, "/run/fifo"));
-    assert!(ext4_exists(&info.rootfs, "/ok"));
+    assert!(!base_exists(&info.rootfs, "/dev/sda"));
+    assert!(!base_exists(&info.rootfs, "/dev/mem"));
+    assert!(!base_exists(&info.rootfs, "/run/fifo"));
+    assert!(base_exists(&info.rootfs, "/ok"));
 }
 
 #[test]
@@ -484,9 +468,8 @@ fn overlay_xattrs_cannot_be_injected_into_the_image() {
                 .build(),
         )
         .unwrap();
-    let (eas, _) = debugfs(&info.rootfs, "ea_list /d");
-    assert!(eas.contains("user.kept"), "{eas}");
-    assert!(!eas.contains("overlay"), "{eas}");
+    let eas = base_image::xattrs(&info.rootfs, "/d");
+    assert_eq!(eas, vec![("user.kept".to_string(), b"yes".to_vec())]);
 }
 
 #[test]
@@ -497,13 +480,10 @@ fn setuid_bits_and_owners_are_preserved() {
         .owned("home/u/f", 0o640, 1000, 1001)
         .build();
     let info = s.import_one("modes", l).unwrap();
-    let (su, _) = debugfs(&info.rootfs, "stat /bin/su");
-    assert!(su.contains("Mode:  04755"), "{su}");
-    let (f, _) = debugfs(&info.rootfs, "stat /home/u/f");
-    assert!(
-        f.contains("User:  1000") && f.contains("Group:  1001"),
-        "{f}"
-    );
+    let su = base_image::stat(&info.rootfs, "/bin/su").unwrap();
+    assert_eq!(su.mode, 0o4755);
+    let f = base_image::stat(&info.rootfs, "/home/u/f").unwrap();
+    assert_eq!((f.mode, f.uid, f.gid), (0o640, 1000, 1001));
 }
 
 /// The fuzz target's seeds (`fuzz/corpus/apply_layer`, see `fuzz/make_seeds.py`), each

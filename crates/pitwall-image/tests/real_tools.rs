@@ -55,14 +55,8 @@ fn skopeo(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn debugfs_cat(image: &Path, path: &str) -> Vec<u8> {
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("cat {path}"))
-        .arg(image)
-        .output()
-        .unwrap();
-    out.stdout
+fn base_cat(image: &Path, path: &str) -> Vec<u8> {
+    pitwall_testkit::base_image::cat(image, path).unwrap_or_else(|| panic!("{path} missing"))
 }
 
 #[test]
@@ -121,17 +115,12 @@ fn imports_what_skopeo_writes_as_oci_archive_and_docker_archive() {
             .import(archive, &ImageRef::parse(name).unwrap())
             .unwrap();
         assert_eq!(
-            debugfs_cat(&info.rootfs, "/etc/hostname"),
+            base_cat(&info.rootfs, "/etc/hostname"),
             b"pitwall\n",
             "{name}"
         );
         assert_eq!(info.config.cmd, vec!["/bin/sh"], "{name}");
-        let stats = Command::new("debugfs")
-            .args(["-R", "stats"])
-            .arg(&info.rootfs)
-            .output()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&stats.stdout).contains(BASE_LABEL));
+        assert_eq!(pitwall_testkit::base_image::label(&info.rootfs), BASE_LABEL);
     }
 }
 
@@ -158,5 +147,5 @@ fn imports_a_layout_packed_by_gnu_tar_with_dot_slash_names() {
     let info = cache
         .import(&archive, &ImageRef::parse("busybox").unwrap())
         .unwrap();
-    assert_eq!(debugfs_cat(&info.rootfs, "/etc/hostname"), b"pitwall\n");
+    assert_eq!(base_cat(&info.rootfs, "/etc/hostname"), b"pitwall\n");
 }

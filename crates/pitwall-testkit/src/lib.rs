@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 
 pub use pitwall_api::Client;
 
+pub mod base_image;
 pub mod oidc;
 pub mod registry;
 

@@ -354,7 +354,8 @@ mod tests {
         let mut f = std::fs::File::open(&path).unwrap();
         assert_eq!(
             powerunit::disks::classify(&mut f).unwrap(),
-            powerunit::disks::DiskKind::Ext4 {
+            powerunit::disks::DiskKind::Fs {
+                fstype: powerunit::disks::FsType::Ext4,
                 label: crate::DATA_LABEL.into()
             }
         );
@@ -374,7 +375,8 @@ mod tests {
             let mut f = std::fs::File::open(&path).unwrap();
             assert_eq!(
                 powerunit::disks::classify(&mut f).unwrap(),
-                powerunit::disks::DiskKind::Ext4 {
+                powerunit::disks::DiskKind::Fs {
+                    fstype: powerunit::disks::FsType::Ext4,
                     label: crate::DATA_LABEL.into()
                 }
             );

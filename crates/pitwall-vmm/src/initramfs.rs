@@ -20,12 +20,19 @@ use crate::kernel::KernelInfo;
 use crate::VmmError;
 use cpio::CpioWriter;
 
-/// Modules a guest cannot boot without: disks, the agent port, the root overlay.
-pub const REQUIRED_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_console", "overlay"];
+/// Modules a guest cannot boot without: disks, the agent port, the base image's filesystem
+/// (EROFS; ext4 is built into Debian's cloud kernel), the root overlay.
+pub const REQUIRED_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_console",
+    "erofs",
+    "overlay",
+];
 /// Modules included when the kernel has them: networking and vsock.
 pub const OPTIONAL_MODULES: &[&str] = &["virtio_net", "vsock", "vmw_vsock_virtio_transport"];
 /// Bumped whenever what goes into the archive changes, so cached archives are rebuilt.
-const RECIPE: &str = "pitwall-initramfs-1";
+const RECIPE: &str = "pitwall-initramfs-2";
 
 fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
@@ -242,12 +249,14 @@ kernel/fs/overlayfs/overlay.ko:
         let modules = dir.path().join("lib/modules/6.1.0-1-test");
         for p in [
             "kernel/fs/overlayfs/overlay.ko",
+            "kernel/fs/erofs/erofs.ko",
+            "kernel/lib/libcrc32c.ko",
             "kernel/drivers/virtio/virtio_ring.ko",
         ] {
             std::fs::create_dir_all(modules.join(p).parent().unwrap()).unwrap();
             std::fs::write(modules.join(p), p).unwrap();
         }
-        std::fs::write(modules.join("modules.dep"), "kernel/fs/overlayfs/overlay.ko: kernel/drivers/virtio/virtio_ring.ko\nkernel/drivers/virtio/virtio_ring.ko:\n").unwrap();
+        std::fs::write(modules.join("modules.dep"), "kernel/fs/overlayfs/overlay.ko: kernel/drivers/virtio/virtio_ring.ko\nkernel/fs/erofs/erofs.ko: kernel/lib/libcrc32c.ko\nkernel/lib/libcrc32c.ko:\nkernel/drivers/virtio/virtio_ring.ko:\n").unwrap();
         std::fs::write(modules.join("modules.builtin"), "kernel/drivers/virtio/virtio_mmio.ko\nkernel/drivers/block/virtio_blk.ko\nkernel/drivers/char/virtio_console.ko\n").unwrap();
         let kernel = KernelInfo {
             version: "6.1.0-1-test".into(),
@@ -274,7 +283,7 @@ kernel/fs/overlayfs/overlay.ko:
         }
         assert_eq!(
             get("lib/modules/load-order").3,
-            b"virtio_ring.ko\noverlay.ko\n"
+            b"libcrc32c.ko\nerofs.ko\nvirtio_ring.ko\noverlay.ko\n"
         );
         assert_eq!(
             get("lib/modules/overlay.ko").3,

@@ -93,6 +93,9 @@ pub struct HostSection {
     pub boot_timeout: String,
     /// How this host pulls images from registries.
     pub registry: RegistrySection,
+    /// The filesystem of base images built from now on: `erofs` (default; needs erofs-utils)
+    /// or `ext4`. Images already in the cache keep theirs.
+    pub base_format: String,
 }
 
 /// `[host.registry]`: how image pulls reach registries.
@@ -218,6 +221,7 @@ impl Default for HostSection {
             accel: "auto".into(),
             boot_timeout: "120s".into(),
             registry: RegistrySection::default(),
+            base_format: "erofs".into(),
         }
     }
 }
@@ -266,6 +270,9 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Resul
     }
     if let Some(v) = get("PITWALL_BOOT_TIMEOUT") {
         cfg.host.boot_timeout = v;
+    }
+    if let Some(v) = get("PITWALL_BASE_FORMAT") {
+        cfg.host.base_format = v;
     }
     if let Some(v) = get("PITWALL_INSECURE_REGISTRIES") {
         cfg.host.registry.insecure = v
@@ -497,5 +504,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("30s"));
+    }
+
+    #[test]
+    fn the_base_format_defaults_to_erofs_and_a_bad_one_says_what_is_allowed() {
+        let c = load(None, &HashMap::new()).unwrap();
+        let h = crate::host_config(&c).unwrap();
+        assert_eq!(h.base_format.as_str(), "erofs");
+        let env = HashMap::from([("PITWALL_BASE_FORMAT".to_string(), "ext4".to_string())]);
+        let h = crate::host_config(&load(None, &env).unwrap()).unwrap();
+        assert_eq!(h.base_format.as_str(), "ext4");
+        let env = HashMap::from([("PITWALL_BASE_FORMAT".to_string(), "squashfs".to_string())]);
+        let e = format!(
+            "{:#}",
+            crate::host_config(&load(None, &env).unwrap()).unwrap_err()
+        );
+        assert!(
+            e.contains("base_format") && e.contains("\"erofs\" or \"ext4\""),
+            "{e}"
+        );
     }
 }

@@ -60,6 +60,11 @@ pub fn host_config(cfg: &Config) -> anyhow::Result<HostConfig> {
     h.accel = config::accel(&cfg.host.accel)?;
     h.boot_timeout = config::duration("host.boot_timeout", &cfg.host.boot_timeout)?;
     h.registry = cfg.host.registry.options()?;
+    h.base_format = cfg
+        .host
+        .base_format
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("[host] base_format: {e}"))?;
     Ok(h)
 }
 

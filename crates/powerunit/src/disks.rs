@@ -1,6 +1,8 @@
 //! Finding the VM's disks without trusting `/dev/vdX` order (virtio-mmio probe order is not
-//! the order of the VMM's command line): the config disk by its `PWCONF01` magic, the ext4
-//! disks by the volume label in their superblock.
+//! the order of the VMM's command line): the config disk by its `PWCONF01` magic, the others
+//! by the volume label in their superblock. The base is EROFS (images built since the base
+//! format became EROFS) or ext4 (older images, or a host set to build ext4); the data disk is
+//! always ext4.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -23,15 +25,53 @@ const EXT4_MAGIC_OFFSET: usize = 0x38;
 const EXT4_MAGIC: u16 = 0xEF53;
 const EXT4_LABEL_OFFSET: usize = 0x78;
 const EXT4_LABEL_LEN: usize = 16;
+const EROFS_SUPERBLOCK_OFFSET: usize = 1024;
+const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
+/// `volume_name` in `struct erofs_super_block` (linux `fs/erofs/erofs_fs.h`).
+const EROFS_LABEL_OFFSET: usize = 0x40;
+const EROFS_LABEL_LEN: usize = 16;
 /// Bytes read from every disk to classify it.
 const HEAD_LEN: usize = 4096;
+
+/// A filesystem powerunit mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    Ext4,
+    Erofs,
+}
+
+impl FsType {
+    /// The name `mount(2)` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Erofs => "erofs",
+        }
+    }
+}
 
 /// What a block device turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskKind {
     Config(Box<GuestConfig>),
-    Ext4 { label: String },
+    Fs { fstype: FsType, label: String },
     Unknown,
+}
+
+fn label_at(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// The EROFS volume name of a disk whose first bytes are `head`, `None` when it is not EROFS.
+pub fn erofs_label(head: &[u8]) -> Option<String> {
+    let sb = head.get(EROFS_SUPERBLOCK_OFFSET..EROFS_SUPERBLOCK_OFFSET + 0x80)?;
+    if u32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]) != EROFS_MAGIC {
+        return None;
+    }
+    Some(label_at(
+        &sb[EROFS_LABEL_OFFSET..EROFS_LABEL_OFFSET + EROFS_LABEL_LEN],
+    ))
 }
 
 /// The ext4 volume label of a disk whose first bytes are `head`, `None` when it is not ext4.
@@ -41,9 +81,9 @@ pub fn ext4_label(head: &[u8]) -> Option<String> {
     if magic != EXT4_MAGIC {
         return None;
     }
-    let raw = &sb[EXT4_LABEL_OFFSET..EXT4_LABEL_OFFSET + EXT4_LABEL_LEN];
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    Some(String::from_utf8_lossy(&raw[..end]).into_owned())
+    Some(label_at(
+        &sb[EXT4_LABEL_OFFSET..EXT4_LABEL_OFFSET + EXT4_LABEL_LEN],
+    ))
 }
 
 /// Classify the disk readable through `dev`.
@@ -61,8 +101,17 @@ pub fn classify(dev: &mut impl Read) -> Result<DiskKind> {
         }
         return Ok(DiskKind::Config(Box::new(wire::decode_config(&head)?)));
     }
-    Ok(match ext4_label(&head) {
-        Some(label) => DiskKind::Ext4 { label },
+    if let Some(label) = ext4_label(&head) {
+        return Ok(DiskKind::Fs {
+            fstype: FsType::Ext4,
+            label,
+        });
+    }
+    Ok(match erofs_label(&head) {
+        Some(label) => DiskKind::Fs {
+            fstype: FsType::Erofs,
+            label,
+        },
         None => DiskKind::Unknown,
     })
 }
@@ -86,6 +135,8 @@ pub struct Disks {
     pub config: GuestConfig,
     pub config_dev: PathBuf,
     pub base_dev: PathBuf,
+    /// The base's filesystem (EROFS or ext4).
+    pub base_fstype: FsType,
     pub data_dev: PathBuf,
 }
 
@@ -157,17 +208,22 @@ fn pick(seen: &BTreeMap<String, DiskKind>, dev_dir: &Path) -> Option<Disks> {
         _ => None,
     })?;
     let (base_label, data_label) = labels(config);
-    let by_label = |want: &str| {
+    let by_label = |want: &str, types: &[FsType]| {
         seen.iter().find_map(|(n, k)| match k {
-            DiskKind::Ext4 { label } if label == want => Some(dev_dir.join(n)),
+            DiskKind::Fs { fstype, label } if label == want && types.contains(fstype) => {
+                Some((dev_dir.join(n), *fstype))
+            }
             _ => None,
         })
     };
+    let (base_dev, base_fstype) = by_label(&base_label, &[FsType::Erofs, FsType::Ext4])?;
+    let (data_dev, _) = by_label(&data_label, &[FsType::Ext4])?;
     Some(Disks {
         config: (**config).clone(),
         config_dev: dev_dir.join(config_name),
-        base_dev: by_label(&base_label)?,
-        data_dev: by_label(&data_label)?,
+        base_dev,
+        base_fstype,
+        data_dev,
     })
 }
 
@@ -176,7 +232,7 @@ fn missing(seen: &BTreeMap<String, DiskKind>) -> crate::error::Error {
         .iter()
         .map(|(n, k)| match k {
             DiskKind::Config(_) => format!("{n} (config)"),
-            DiskKind::Ext4 { label } => format!("{n} (ext4 {label:?})"),
+            DiskKind::Fs { fstype, label } => format!("{n} ({} {label:?})", fstype.as_str()),
             DiskKind::Unknown => format!("{n} (unknown)"),
         })
         .collect();
@@ -188,7 +244,7 @@ fn missing(seen: &BTreeMap<String, DiskKind>) -> crate::error::Error {
         None => "the config disk (PWCONF01)".to_string(),
         Some(c) => {
             let (b, d) = labels(c);
-            format!("ext4 disks labelled {b:?} (base) and {d:?} (data)")
+            format!("an EROFS or ext4 disk labelled {b:?} (base) and an ext4 disk labelled {d:?} (data)")
         }
     };
     let found = if found.is_empty() {
@@ -223,7 +279,8 @@ mod tests {
         let mut f = File::open(img.path()).unwrap();
         assert_eq!(
             classify(&mut f).unwrap(),
-            DiskKind::Ext4 {
+            DiskKind::Fs {
+                fstype: FsType::Ext4,
                 label: "pw-base".into()
             }
         );
@@ -235,10 +292,61 @@ mod tests {
         let mut f = File::open(img.path()).unwrap();
         assert_eq!(
             classify(&mut f).unwrap(),
-            DiskKind::Ext4 {
+            DiskKind::Fs {
+                fstype: FsType::Ext4,
                 label: "0123456789abcdef".into()
             }
         );
+    }
+
+    /// The first 4 KiB of an EROFS image labelled `label` (what classification reads).
+    fn erofs_head(label: &str) -> Vec<u8> {
+        let mut head = vec![0u8; 4096];
+        head[1024..1028].copy_from_slice(&EROFS_MAGIC.to_le_bytes());
+        let at = 1024 + EROFS_LABEL_OFFSET;
+        head[at..at + label.len()].copy_from_slice(label.as_bytes());
+        head
+    }
+
+    #[test]
+    fn an_erofs_disk_is_told_by_its_magic_and_volume_name() {
+        let kind = classify(&mut std::io::Cursor::new(erofs_head("pw-base"))).unwrap();
+        assert_eq!(
+            kind,
+            DiskKind::Fs {
+                fstype: FsType::Erofs,
+                label: "pw-base".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_erofs_base_is_picked_and_an_erofs_data_disk_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        let dev = dir.path().join("dev");
+        std::fs::create_dir_all(&dev).unwrap();
+        for n in ["vda", "vdb", "vdc"] {
+            std::fs::create_dir_all(sys.join(n)).unwrap();
+        }
+        std::fs::write(dev.join("vda"), erofs_head("pw-base")).unwrap();
+        std::fs::write(dev.join("vdb"), erofs_head("pw-data")).unwrap();
+        let cfg = GuestConfig::default();
+        let body = cfg.encode_to_vec();
+        let mut disk = wire::CONFIG_MAGIC.to_vec();
+        disk.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        disk.extend_from_slice(&body);
+        disk.resize(4096, 0);
+        std::fs::write(dev.join("vdc"), disk).unwrap();
+        let e = discover(&sys, &dev, Duration::from_millis(100)).unwrap_err();
+        assert!(e.to_string().contains("vdb (erofs \"pw-data\")"), "{e}");
+
+        let data = mkfs("pw-data").expect("mkfs.ext4 must be installed");
+        std::fs::copy(data.path(), dev.join("vdb")).unwrap();
+        let disks = discover(&sys, &dev, Duration::from_secs(1)).unwrap();
+        assert_eq!(disks.base_dev, dev.join("vda"));
+        assert_eq!(disks.base_fstype, FsType::Erofs);
+        assert_eq!(disks.data_dev, dev.join("vdb"));
     }
 
     #[test]

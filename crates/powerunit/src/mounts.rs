@@ -51,10 +51,10 @@ pub fn early() -> Result<()> {
 /// Mount the base read-only and the data disk, overlay them on [`NEWROOT`], give the new
 /// root a `/run` tmpfs holding the two disk mounts (so they stay visible and can be
 /// remounted read-only at shutdown), and move `/dev`, `/proc`, `/sys` into it.
-pub fn assemble_root(base_dev: &Path, data_dev: &Path) -> Result<()> {
+pub fn assemble_root(base_dev: &Path, base_fstype: &str, data_dev: &Path) -> Result<()> {
     let base = base_dev.to_string_lossy();
     let data = data_dev.to_string_lossy();
-    mount_fs(&base, LOWER, "ext4", MsFlags::MS_RDONLY, "")?;
+    mount_fs(&base, LOWER, base_fstype, MsFlags::MS_RDONLY, "")?;
     mount_fs(&data, DATA, "ext4", MsFlags::empty(), "")?;
     for d in ["upper", "work"] {
         let p = format!("{DATA}/{d}");

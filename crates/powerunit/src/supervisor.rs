@@ -91,13 +91,14 @@ impl Init {
         let found = disks::discover(Path::new("/sys/block"), Path::new("/dev"), DEVICE_TIMEOUT)?;
         let cfg = found.config;
         say!(
-            "vm {}: config {}, base {}, data {}",
+            "vm {}: config {}, base {} ({}), data {}",
             cfg.vm_id,
             found.config_dev.display(),
             found.base_dev.display(),
+            found.base_fstype.as_str(),
             found.data_dev.display()
         );
-        mounts::assemble_root(&found.base_dev, &found.data_dev)?;
+        mounts::assemble_root(&found.base_dev, found.base_fstype.as_str(), &found.data_dev)?;
         mounts::switch_root()?;
         mounts::late()?;
         let hostname = hostname(&cfg);

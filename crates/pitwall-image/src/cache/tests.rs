@@ -5,8 +5,9 @@ use std::os::unix::fs::MetadataExt;
 use super::*;
 use crate::oci::{Index, Manifest};
 use crate::testutil::{
-    config, debugfs, docker_save, ext4_cat, ext4_exists, oci_dir, tar_of_dir, Layer, Scratch,
+    base_cat, base_exists, config, debugfs, docker_save, oci_dir, tar_of_dir, Layer, Scratch,
 };
+use pitwall_testkit::base_image;
 
 fn r(s: &str) -> ImageRef {
     ImageRef::parse(s).unwrap()
@@ -36,87 +37,112 @@ fn assert_cache_empty(root: &Path) {
     }
 }
 
-#[test]
-fn imports_an_oci_layout_directory_into_an_ext4_image() {
-    let s = Scratch::new();
-    let digest = oci_dir(&s.path("layout"), "1.0", hello_layers());
-    let cache = ImageCache::open(&s.cache_root()).unwrap();
-    let info = cache
-        .import(&s.path("layout"), &r("demo/hello:1.0"))
-        .unwrap();
+/// A cache building bases of `format`.
+fn cache_of(s: &Scratch, format: BaseFormat) -> ImageCache {
+    let options = ImportOptions {
+        base_format: format,
+        ..ImportOptions::default()
+    };
+    ImageCache::open_with(&s.cache_root(), options).unwrap()
+}
 
-    assert_eq!(info.reference, "demo/hello:1.0");
-    assert_eq!(info.digest, digest);
-    assert_eq!(info.config, config());
-    assert_eq!(info.size_bytes, fs::metadata(&info.rootfs).unwrap().len());
-    assert_eq!(
-        ext4_cat(&info.rootfs, "/hello.txt").unwrap(),
-        b"hello from pitwall\n"
-    );
-    assert!(!ext4_exists(&info.rootfs, "/etc/gone"));
-    let stats = debugfs(&info.rootfs, "stats");
-    assert!(
-        stats.contains("Filesystem volume name:   pw-base"),
-        "{stats}"
-    );
-    assert!(!stats.contains("has_journal"), "{stats}");
-    assert_eq!(cache.get(&r("demo/hello:1.0")).unwrap(), Some(info));
+const FORMATS: [BaseFormat; 2] = [BaseFormat::Erofs, BaseFormat::Ext4];
+
+#[test]
+fn imports_an_oci_layout_directory_into_a_labelled_base_image_of_either_format() {
+    for format in FORMATS {
+        let s = Scratch::new();
+        let digest = oci_dir(&s.path("layout"), "1.0", hello_layers());
+        let cache = cache_of(&s, format);
+        let info = cache
+            .import(&s.path("layout"), &r("demo/hello:1.0"))
+            .unwrap();
+
+        assert_eq!(info.reference, "demo/hello:1.0");
+        assert_eq!(info.digest, digest);
+        assert_eq!(info.config, config());
+        assert!(info.rootfs.ends_with(format.file_name()), "{format}");
+        assert_eq!(
+            base_image::format(&info.rootfs),
+            match format {
+                BaseFormat::Erofs => base_image::Format::Erofs,
+                BaseFormat::Ext4 => base_image::Format::Ext4,
+            }
+        );
+        assert_eq!(info.size_bytes, fs::metadata(&info.rootfs).unwrap().len());
+        assert_eq!(
+            base_cat(&info.rootfs, "/hello.txt").unwrap(),
+            b"hello from pitwall\n"
+        );
+        assert!(!base_exists(&info.rootfs, "/etc/gone"));
+        assert_eq!(base_image::label(&info.rootfs), crate::BASE_LABEL);
+        if format == BaseFormat::Ext4 {
+            let stats = debugfs(&info.rootfs, "stats");
+            assert!(!stats.contains("has_journal"), "{stats}");
+        }
+        assert_eq!(cache.get(&r("demo/hello:1.0")).unwrap(), Some(info.clone()));
+        let details = cache.inspect(&r("demo/hello:1.0")).unwrap().unwrap();
+        assert_eq!(details.base_format, format);
+    }
 }
 
 #[test]
-fn hard_links_and_symlinks_survive_into_the_ext4_image() {
-    let s = Scratch::new();
-    oci_dir(&s.path("layout"), "latest", hello_layers());
-    let cache = ImageCache::open(&s.cache_root()).unwrap();
-    let info = cache.import(&s.path("layout"), &r("hello")).unwrap();
-    let bb = debugfs(&info.rootfs, "stat /bin/busybox");
-    let sh = debugfs(&info.rootfs, "stat /bin/sh");
-    assert!(bb.contains("Links: 2"), "{bb}");
-    let inode = |s: &str| s.split_whitespace().nth(1).map(str::to_string);
-    assert_eq!(inode(&bb), inode(&sh), "sh is a hard link of busybox");
-    let ls = debugfs(&info.rootfs, "stat /bin/ls");
-    assert!(
-        ls.contains("Type: symlink") && ls.contains("\"busybox\""),
-        "{ls}"
-    );
-    assert!(bb.contains("Mode:  0755"), "{bb}");
+fn hard_links_and_symlinks_survive_into_the_base_image() {
+    for format in FORMATS {
+        let s = Scratch::new();
+        oci_dir(&s.path("layout"), "latest", hello_layers());
+        let cache = cache_of(&s, format);
+        let info = cache.import(&s.path("layout"), &r("hello")).unwrap();
+        let bb = base_image::stat(&info.rootfs, "/bin/busybox").unwrap();
+        let sh = base_image::stat(&info.rootfs, "/bin/sh").unwrap();
+        assert_eq!(bb.nlink, 2, "{format}: {bb:?}");
+        assert_eq!(bb.ino, sh.ino, "{format}: sh is a hard link of busybox");
+        assert_eq!(bb.mode, 0o755, "{format}");
+        let ls = base_image::stat(&info.rootfs, "/bin/ls").unwrap();
+        assert_eq!(ls.kind, base_image::Kind::Symlink, "{format}");
+        assert_eq!(
+            base_image::readlink(&info.rootfs, "/bin/ls").as_deref(),
+            Some("busybox"),
+            "{format}"
+        );
+    }
 }
 
 #[test]
-fn owners_modes_times_and_xattrs_survive_into_the_ext4_image() {
-    let s = Scratch::new();
-    oci_dir(
-        &s.path("layout"),
-        "latest",
-        vec![Layer::new()
-            .file_with("bin/su", b"su", 0o4755, 0, 0)
-            .dir_with("home/u/", 0o700, 1000, 1000)
-            .file_with("home/u/notes", b"n", 0o600, 1000, 1001)
-            .file_xattr("bin/tagged", b"t", &[("user.pitwall", b"yes")])
-            .build()],
-    );
-    let cache = ImageCache::open(&s.cache_root()).unwrap();
-    let info = cache.import(&s.path("layout"), &r("meta")).unwrap();
-    let su = debugfs(&info.rootfs, "stat /bin/su");
-    assert!(su.contains("Mode:  04755"), "{su}");
-    let notes = debugfs(&info.rootfs, "stat /home/u/notes");
-    assert!(
-        notes.contains("Mode:  0600") && notes.contains("User:  1000   Group:  1001"),
-        "{notes}"
-    );
-    assert!(
-        notes.contains("mtime: 0x6553f100"),
-        "mtime 1700000000 kept: {notes}"
-    );
-    let home = debugfs(&info.rootfs, "stat /home/u");
-    assert!(
-        home.contains("Mode:  0700") && home.contains("mtime: 0x6553f100"),
-        "{home}"
-    );
-    let ea = debugfs(&info.rootfs, "ea_list /bin/tagged");
-    assert!(ea.contains("user.pitwall (3) = \"yes\""), "{ea}");
-    let root = debugfs(&info.rootfs, "stat /");
-    assert!(root.contains("User:     0   Group:     0"), "{root}");
+fn owners_modes_times_and_xattrs_survive_into_the_base_image() {
+    for format in FORMATS {
+        let s = Scratch::new();
+        oci_dir(
+            &s.path("layout"),
+            "latest",
+            vec![Layer::new()
+                .file_with("bin/su", b"su", 0o4755, 0, 0)
+                .dir_with("home/u/", 0o700, 1000, 1000)
+                .file_with("home/u/notes", b"n", 0o600, 1000, 1001)
+                .file_xattr("bin/tagged", b"t", &[("user.pitwall", b"yes")])
+                .build()],
+        );
+        let cache = cache_of(&s, format);
+        let info = cache.import(&s.path("layout"), &r("meta")).unwrap();
+        let st = |p: &str| base_image::stat(&info.rootfs, p).unwrap();
+        assert_eq!(st("/bin/su").mode, 0o4755, "{format}");
+        let notes = st("/home/u/notes");
+        assert_eq!(
+            (notes.mode, notes.uid, notes.gid),
+            (0o600, 1000, 1001),
+            "{format}"
+        );
+        assert_eq!(notes.mtime, 1_700_000_000, "{format}: mtime kept");
+        let home = st("/home/u");
+        assert_eq!((home.mode, home.mtime), (0o700, 1_700_000_000), "{format}");
+        assert_eq!(
+            base_image::xattrs(&info.rootfs, "/bin/tagged"),
+            vec![("user.pitwall".to_string(), b"yes".to_vec())],
+            "{format}"
+        );
+        let root = st("/");
+        assert_eq!((root.uid, root.gid), (0, 0), "{format}");
+    }
 }
 
 #[test]
@@ -130,7 +156,7 @@ fn imports_an_oci_archive_tar() {
         .unwrap();
     assert_eq!(info.digest, digest);
     assert_eq!(
-        ext4_cat(&info.rootfs, "/hello.txt").unwrap(),
+        base_cat(&info.rootfs, "/hello.txt").unwrap(),
         b"hello from pitwall\n"
     );
     assert_eq!(fs::read_dir(s.cache_root().join("tmp")).unwrap().count(), 0);
@@ -147,7 +173,7 @@ fn imports_a_gzip_compressed_archive() {
     fs::write(s.path("image.tar.gz"), gz.finish().unwrap()).unwrap();
     let cache = ImageCache::open(&s.cache_root()).unwrap();
     let info = cache.import(&s.path("image.tar.gz"), &r("hello")).unwrap();
-    assert!(ext4_exists(&info.rootfs, "/hello.txt"));
+    assert!(base_exists(&info.rootfs, "/hello.txt"));
 }
 
 #[test]
@@ -172,10 +198,10 @@ fn imports_docker_save_archives_old_and_new() {
         assert_eq!(info.reference, "docker.io/library/busybox:latest");
         assert_eq!(info.config.cmd, vec!["sh"]);
         assert_eq!(
-            ext4_cat(&info.rootfs, "/hello.txt").unwrap(),
+            base_cat(&info.rootfs, "/hello.txt").unwrap(),
             b"hello from pitwall\n"
         );
-        assert!(!ext4_exists(&info.rootfs, "/etc/gone"));
+        assert!(!base_exists(&info.rootfs, "/etc/gone"));
     }
 }
 
@@ -217,7 +243,7 @@ fn picks_the_named_image_from_a_layout_holding_several() {
     );
     let cache = ImageCache::open(&s.cache_root()).unwrap();
     let info = cache.import(&s.path("layout"), &r("demo:two")).unwrap();
-    assert_eq!(ext4_cat(&info.rootfs, "/which").unwrap(), b"two");
+    assert_eq!(base_cat(&info.rootfs, "/which").unwrap(), b"two");
     let e = cache
         .import(&s.path("layout"), &r("demo:three"))
         .unwrap_err();
@@ -281,7 +307,7 @@ fn picks_this_hosts_platform_from_a_nested_index() {
     let info = cache.import(&layout, &r("demo:multi")).unwrap();
     assert_eq!(info.digest, amd, "the digest is the platform manifest's");
     assert_ne!(info.digest, other);
-    assert_eq!(ext4_cat(&info.rootfs, "/arch").unwrap(), b"mine");
+    assert_eq!(base_cat(&info.rootfs, "/arch").unwrap(), b"mine");
 }
 
 #[test]
@@ -452,10 +478,10 @@ fn absolute_paths_and_links_out_are_contained() {
     let cache = ImageCache::open(&s.cache_root()).unwrap();
     let info = cache.import(&s.path("layout"), &r("contained")).unwrap();
     assert_eq!(
-        ext4_cat(&info.rootfs, &format!("{secret}-abs")).unwrap(),
+        base_cat(&info.rootfs, &format!("{secret}-abs")).unwrap(),
         b"inside"
     );
-    assert_eq!(ext4_cat(&info.rootfs, "/link-out").unwrap(), b"replaced");
+    assert_eq!(base_cat(&info.rootfs, "/link-out").unwrap(), b"replaced");
     s.assert_outside_untouched();
 }
 
@@ -472,8 +498,8 @@ fn device_nodes_are_left_out_of_the_image() {
     );
     let cache = ImageCache::open(&s.cache_root()).unwrap();
     let info = cache.import(&s.path("layout"), &r("dev")).unwrap();
-    assert!(!ext4_exists(&info.rootfs, "/dev/kmsg"));
-    assert!(ext4_exists(&info.rootfs, "/ok"));
+    assert!(!base_exists(&info.rootfs, "/dev/kmsg"));
+    assert!(base_exists(&info.rootfs, "/ok"));
 }
 
 #[test]
@@ -532,7 +558,7 @@ fn a_damaged_cache_entry_is_rebuilt_on_import() {
     ));
     let again = cache.import(&s.path("layout"), &r("hello")).unwrap();
     assert_eq!(
-        ext4_cat(&again.rootfs, "/hello.txt").unwrap(),
+        base_cat(&again.rootfs, "/hello.txt").unwrap(),
         b"hello from pitwall\n"
     );
     assert_eq!(fs::read_dir(s.cache_root().join("tmp")).unwrap().count(), 0);
@@ -560,7 +586,7 @@ fn concurrent_imports_of_one_image_agree() {
     );
     assert_eq!(fs::read_dir(s.cache_root().join("tmp")).unwrap().count(), 0);
     assert_eq!(
-        ext4_cat(&infos[0].rootfs, "/hello.txt").unwrap(),
+        base_cat(&infos[0].rootfs, "/hello.txt").unwrap(),
         b"hello from pitwall\n"
     );
 }
