@@ -35,6 +35,9 @@ pub struct NetConfig {
     pub nft_table: String,
     /// Owner (uid) of the TAP devices, so an unprivileged VMM can open them.
     pub tap_owner: Option<u32>,
+    /// Network namespace (a name under `/var/run/netns`, or a path) holding the bridge, the
+    /// TAPs and the firewall table, in which the VMMs then run; default: the host's own.
+    pub netns: Option<String>,
 }
 
 impl Default for NetConfig {
@@ -51,6 +54,7 @@ impl Default for NetConfig {
             nft: PathBuf::from("nft"),
             nft_table: "pitwall".into(),
             tap_owner: None,
+            netns: None,
         }
     }
 }

@@ -20,8 +20,8 @@
 //! another by routing through the host either.
 //!
 //! Side effects sit behind the [`Network`] trait: [`HostNetwork`] is the real thing
-//! (rtnetlink, `nft -j`, TAP ioctls, a file), [`FakeNetwork`] the in-memory one for other
-//! crates' unit tests. Hand-written: the TAP ioctls ([`tap`]), because no well-kept crate
+//! (rtnetlink, `nft -j`, TAP ioctls, a file), [`NetnsNetwork`] runs it inside a named network
+//! namespace, [`FakeNetwork`] is the in-memory one for other crates' unit tests. Hand-written: the TAP ioctls ([`tap`]), because no well-kept crate
 //! creates *persistent* TAPs without holding them open (rtnetlink cannot create TUN/TAP
 //! devices: the kernel refuses `RTM_NEWLINK` for them).
 
@@ -33,6 +33,7 @@ mod host;
 mod ids;
 pub mod ipam;
 pub mod link;
+mod netns;
 #[allow(unsafe_code)]
 pub mod tap;
 
@@ -46,6 +47,18 @@ pub use error::NetError;
 pub use fake::FakeNetwork;
 pub use host::HostNetwork;
 pub use ids::{mac_address, tap_name, MacAddr};
+pub use netns::{netns_path, NetnsNetwork};
+
+/// The real [`Network`] for `config`: [`HostNetwork`], run inside [`NetConfig::netns`] when
+/// one is set.
+pub fn open(config: NetConfig) -> Result<std::sync::Arc<dyn Network>, NetError> {
+    let netns = config.netns.clone();
+    let host = HostNetwork::new(config)?;
+    Ok(match netns {
+        Some(ns) => std::sync::Arc::new(NetnsNetwork::new(host, &ns)?),
+        None => std::sync::Arc::new(host),
+    })
+}
 
 /// What a VM needs to be wired: the TAP its VMM opens and the guest's IPv4 configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

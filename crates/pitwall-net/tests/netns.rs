@@ -563,3 +563,42 @@ fn ip_forward_changes_only_inside_the_namespace() {
     let machine_after = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read");
     assert_eq!(machine_before, machine_after);
 }
+
+#[test]
+fn a_network_opened_with_netns_works_inside_that_namespace_only() {
+    let host = netns_or_skip!("nsopen");
+    let state = tempfile::tempdir().expect("tempdir");
+    let cfg = NetConfig {
+        bridge: "pwbrns0".into(),
+        netns: Some(host.name.clone()),
+        ..config(state.path(), None)
+    };
+    let net = pitwall_net::open(cfg).expect("open");
+    let vm = VmId::new_v4();
+    // Driven from this thread's (the machine's) namespace, on a multi-threaded runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let nic = rt.block_on(async {
+        net.ensure_host_network().await.expect("ensure");
+        net.attach_vm(vm).await.expect("attach")
+    });
+    // Inside the namespace: the bridge with its gateway address, and the TAP on it.
+    let addrs =
+        host.sh("cat /sys/class/net/pwbrns0/bridge/bridge_id && ip -4 -o addr show dev pwbrns0");
+    assert!(addrs.contains("172.30.0.1/16"), "{addrs}");
+    assert_eq!(
+        host.sh(&format!("cat /sys/class/net/{}/brport/isolated", nic.tap))
+            .trim(),
+        "1"
+    );
+    // Nothing of it in the machine's own namespace.
+    assert!(!std::path::Path::new("/sys/class/net/pwbrns0").exists());
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{}", nic.tap)).exists());
+    rt.block_on(async { net.detach_vm(vm).await.expect("detach") });
+    assert!(host
+        .try_sh(&format!("test -e /sys/class/net/{}", nic.tap))
+        .is_err());
+}
