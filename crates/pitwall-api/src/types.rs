@@ -60,6 +60,9 @@ pub struct Vm {
     /// The image's `ExposedPorts` (`80/tcp`, ...) when the VM was created.
     #[serde(default)]
     pub exposed_ports: Vec<String>,
+    /// The VM's IPv4 address on its host's bridge, once it has one.
+    #[serde(default)]
+    pub address: Option<String>,
     /// RFC 3339.
     pub created_at: String,
     pub updated_at: String,

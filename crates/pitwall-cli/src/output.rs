@@ -157,6 +157,7 @@ pub fn vm_details(vm: &Vm, now: OffsetDateTime) -> String {
         ("memory", mib(vm.memory_mib)),
         ("disk", mib(vm.disk_mib)),
         ("host", or_dash(vm.host.as_deref())),
+        ("address", or_dash(vm.address.as_deref())),
         ("owner", or_dash(Some(&vm.owner))),
         ("group", or_dash(vm.group.as_deref())),
         ("generation", vm.generation.to_string()),
@@ -313,6 +314,7 @@ mod tests {
             reason: None,
             run: Default::default(),
             exposed_ports: vec![],
+            address: None,
             created_at: created_at.into(),
             updated_at: created_at.into(),
         }

@@ -139,6 +139,16 @@ impl Control {
         match outcome {
             StatusOutcome::Applied(vm) => {
                 info!(vm = %vm.spec.name, vm_id = %vm.id, state = %state, generation = s.generation, "VM state");
+                // The host reports the VM's address with its states once it has one (a report
+                // without one, e.g. from a heartbeat, changes nothing); a deleted VM has none.
+                let address = match (state, s.address.as_str()) {
+                    (VmState::Deleted, _) => None,
+                    (_, "") => vm.address.as_deref(),
+                    (_, a) => Some(a),
+                };
+                if vm.address.as_deref() != address {
+                    self.inner.store.set_address(vm.id, address).await?;
+                }
                 self.publish_events_after(vm.id).await;
                 // A guest that stopped by itself (its workload ended, or its VMM died) while
                 // it was wanted running: its restart policy is `never`, so the wish becomes
@@ -423,6 +433,22 @@ mod tests {
         assert_eq!(verb, "stop");
         assert_eq!((cmd.vm_id.as_str(), cmd.generation), (vm.id.as_str(), 2));
         assert!(matches!(cmd.command, Some(Command::Stop(_))));
+    }
+
+    #[tokio::test]
+    async fn the_address_a_host_reports_is_shown_until_the_vm_is_deleted() {
+        let mut h = Harness::start().await;
+        let vm = h.create_vm("a").await;
+        h.host.report(&vm, VmState::Creating, 1, None).await;
+        let mut starting = h.host.status(&vm, VmState::Starting, 1, None);
+        starting.address = "172.30.0.9".into();
+        h.host.publish_status(starting).await;
+        h.settle().await;
+        assert_eq!(h.vm("a").await.address.as_deref(), Some("172.30.0.9"));
+        // A report without an address (say, from a heartbeat) leaves it.
+        h.host.report(&vm, VmState::Running, 1, None).await;
+        h.settle().await;
+        assert_eq!(h.vm("a").await.address.as_deref(), Some("172.30.0.9"));
     }
 
     #[tokio::test]

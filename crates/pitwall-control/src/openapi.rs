@@ -200,6 +200,7 @@ pub(crate) fn document() -> Value {
                     "host": {"type": ["string", "null"]}, "reason": {"type": ["string", "null"]},
                     "run": {"$ref": "#/components/schemas/RunOverrides"},
                     "exposed_ports": {"type": "array", "items": {"type": "string"}, "description": "the image's ExposedPorts when the VM was created"},
+                    "address": {"type": ["string", "null"], "description": "the VM's IPv4 address on its host's bridge, once it has one"},
                     "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
                 "VmList": {"type": "object", "properties": {"vms": {"type": "array", "items": {"$ref": "#/components/schemas/Vm"}}}},
                 "Image": {"type": "object", "properties": {

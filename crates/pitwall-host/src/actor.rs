@@ -42,6 +42,8 @@ struct Actor {
     save_lock: Arc<Mutex<()>>,
     /// Generation of the last status published.
     reported: u64,
+    /// The VM's NIC once attached to the host network (none without host networking).
+    nic: Option<pitwall_net::VmNic>,
 }
 
 impl Host {
@@ -64,6 +66,7 @@ impl Host {
             inst: None,
             status: status.clone(),
             save_lock: save_lock.clone(),
+            nic: None,
         };
         self.inner
             .vms
@@ -100,6 +103,13 @@ impl Actor {
     }
 
     async fn run(mut self) {
+        if let Some(net) = &self.host.inner.net {
+            // After a daemon restart: the address the VM already holds, for its statuses.
+            match net.nic(self.rec.id).await {
+                Ok(nic) => self.nic = nic,
+                Err(e) => warn!(vm = self.name(), error = %e, "cannot read the VM's address"),
+            }
+        }
         let run_dir = Host::run_dir(&self.dir);
         match self.host.inner.vmm.reattach(&run_dir).await {
             Ok(Some(inst)) => {
@@ -202,11 +212,30 @@ impl Actor {
             generation: self.rec.wish.generation,
             reason: reason.unwrap_or_default(),
             owner: self.rec.wish.spec.owner.clone(),
+            address: self
+                .nic
+                .as_ref()
+                .map(|n| n.ip.to_string())
+                .unwrap_or_default(),
         }
     }
 
     fn disk_paths(&self) -> (PathBuf, PathBuf) {
         (self.dir.join("data.ext4"), self.dir.join("config.img"))
+    }
+
+    /// The VM's TAP on the host bridge and its address (idempotent: the same ones again on
+    /// every start), when the host has networking.
+    async fn attach_network(&mut self) -> Result<(), String> {
+        let Some(net) = self.host.inner.net.clone() else {
+            return Ok(());
+        };
+        let nic = net
+            .attach_vm(self.rec.id)
+            .await
+            .map_err(|e| format!("cannot attach the VM to the host network: {e}"))?;
+        self.nic = Some(nic);
+        Ok(())
     }
 
     /// Everything but the VMM: the image's base, the data disk (once), the config disk.
@@ -306,6 +335,9 @@ impl Actor {
         if matches!(self.rec.state, VmState::Pending | VmState::Creating) {
             self.report(VmState::Creating, None).await;
         }
+        if let Err(why) = self.attach_network().await {
+            return self.fail(why).await;
+        }
         let cfg = match self.prepare().await {
             Ok(c) => c,
             Err(why) => return self.fail(why).await,
@@ -382,6 +414,17 @@ impl Actor {
         }
         if self.rec.state != VmState::Deleting {
             self.report(VmState::Deleting, None).await;
+        }
+        if let Some(net) = self.host.inner.net.clone() {
+            // The VMM is gone: its TAP and address go too (idempotent, so a delete retried
+            // after a failure here tries again).
+            if let Err(e) = net.detach_vm(self.rec.id).await {
+                let why = format!("cannot detach the VM from the host network: {e}");
+                warn!(vm = self.name(), reason = why, "delete failed");
+                self.report(VmState::Failed, Some(why)).await;
+                return;
+            }
+            self.nic = None;
         }
         let removed = {
             let _guard = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());

@@ -53,6 +53,8 @@ pub struct HostConfig {
     pub registry: RegistryOptions,
     /// The filesystem of base images built from now on (images in the cache keep theirs).
     pub base_format: pitwall_image::BaseFormat,
+    /// Host networking (bridge, a TAP and an address per VM, NAT); `None`: VMs get no NIC.
+    pub network: Option<pitwall_net::NetConfig>,
 }
 
 impl HostConfig {
@@ -73,6 +75,7 @@ impl HostConfig {
             boot_timeout: Duration::from_secs(120),
             registry: RegistryOptions::default(),
             base_format: pitwall_image::BaseFormat::default(),
+            network: None,
         }
     }
 }
@@ -119,6 +122,8 @@ struct Inner {
     sender: String,
     bus: Arc<dyn Bus>,
     vmm: Arc<dyn Vmm>,
+    /// Host networking for VMs (bridge, TAPs, addresses), when configured.
+    net: Option<Arc<dyn pitwall_net::Network>>,
     images: Arc<ImageCache>,
     kernel: PathBuf,
     initrd: PathBuf,
@@ -163,7 +168,14 @@ impl Host {
             binary: cfg.qemu_binary.clone(),
             accel: cfg.accel,
         });
-        Host::start_with(cfg, bus, vmm, kernel, initrd).await
+        let net = match &cfg.network {
+            Some(net_cfg) => Some(
+                pitwall_net::open(net_cfg.clone())
+                    .map_err(|e| HostError::Config(format!("host network: {e}")))?,
+            ),
+            None => None,
+        };
+        Host::start_with(cfg, bus, vmm, net, kernel, initrd).await
     }
 
     /// Start a host on a given VMM driver and an already prepared guest kernel and
@@ -174,6 +186,7 @@ impl Host {
         cfg: HostConfig,
         bus: Arc<dyn Bus>,
         vmm: Arc<dyn Vmm>,
+        net: Option<Arc<dyn pitwall_net::Network>>,
         kernel: PathBuf,
         initrd: PathBuf,
     ) -> Result<Host, HostError> {
@@ -181,6 +194,14 @@ impl Host {
             .map_err(|e| HostError::Config(format!("host name: {e}")))?;
         for d in [cfg.data_dir.join("vms"), cfg.data_dir.join("images")] {
             std::fs::create_dir_all(&d).map_err(io_err("cannot create directory", &d))?;
+        }
+        if let Some(net) = &net {
+            // Bridge, firewall, forwarding: created or repaired before any VM is touched.
+            net.ensure_host_network().await.map_err(|e| {
+                HostError::Config(format!(
+                    "host network: {e} (or set [host.network] enabled = false to run VMs without networking)"
+                ))
+            })?;
         }
         let images = {
             let root = cfg.data_dir.join("images");
@@ -214,6 +235,7 @@ impl Host {
                 cfg,
                 bus,
                 vmm,
+                net,
                 images: Arc::new(images),
                 kernel,
                 initrd,

@@ -34,6 +34,7 @@ struct Harness {
     dir: tempfile::TempDir,
     bus: InProcessBus,
     vmm: FakeVmm,
+    net: Arc<pitwall_net::FakeNetwork>,
     host: Host,
     statuses: Box<dyn Consumer>,
 }
@@ -89,10 +90,12 @@ impl Harness {
         let statuses = bus.consume(STATUS_QUEUE, 0).await.unwrap();
         let mut cfg = HostConfig::new(HOST, dir.path(), dir.path().join("cache"), "/nonexistent");
         cfg.heartbeat_interval = Duration::from_millis(50);
+        let net = Arc::new(pitwall_net::FakeNetwork::default());
         let host = Host::start_with(
             cfg,
             Arc::new(bus.clone()),
             Arc::new(vmm.clone()),
+            Some(net.clone()),
             PathBuf::from("/boot/vmlinuz"),
             PathBuf::from("/boot/initrd"),
         )
@@ -102,6 +105,7 @@ impl Harness {
             dir,
             bus,
             vmm,
+            net,
             host,
             statuses,
         }
@@ -293,6 +297,48 @@ async fn create_boots_on_read_only_base_writable_data_and_read_only_config_disks
     assert_eq!(cfg.kernel, PathBuf::from("/boot/vmlinuz"));
     h.expect_states(id, &[VmState::Creating, VmState::Starting])
         .await;
+}
+
+#[tokio::test]
+async fn a_vm_gets_a_nic_and_an_address_on_start_and_loses_them_on_delete() {
+    let mut h = Harness::start().await;
+    let id = Uuid::new_v4();
+    h.create(id, 1, true).await;
+    h.vmm.launch_number(1).await.vm.become_ready();
+    let seen = h
+        .expect_states(
+            id,
+            &[VmState::Creating, VmState::Starting, VmState::Running],
+        )
+        .await;
+    let attached = h.net.attached();
+    assert_eq!(attached.len(), 1, "{attached:?}");
+    let nic = &attached[0];
+    assert_eq!(nic.vm_id, id);
+    let running = seen.last().unwrap();
+    assert_eq!(
+        running.address,
+        nic.ip.to_string(),
+        "RUNNING carries the address"
+    );
+    h.delete(id, 2).await;
+    let gone = h
+        .expect_states(
+            id,
+            &[
+                VmState::Stopping,
+                VmState::Stopped,
+                VmState::Deleting,
+                VmState::Deleted,
+            ],
+        )
+        .await;
+    assert!(h.net.attached().is_empty(), "the NIC is detached on delete");
+    assert_eq!(
+        gone.last().unwrap().address,
+        "",
+        "a deleted VM has no address"
+    );
 }
 
 /// Bytes a tree takes on disk (allocated blocks, not apparent sizes).

@@ -84,6 +84,9 @@ pub struct VmRecord {
     /// them later.
     #[serde(default)]
     pub exposed_ports: Vec<String>,
+    /// The VM's IPv4 address on its host's bridge, as the host last reported it.
+    #[serde(default)]
+    pub address: Option<String>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -112,6 +115,7 @@ impl VmRecord {
             state_generation: 0,
             reason: None,
             exposed_ports: Vec::new(),
+            address: None,
             created_at: now,
             updated_at: now,
         }
@@ -291,6 +295,9 @@ pub trait Store: Send + Sync + 'static {
         generation: u64,
         reason: Option<&str>,
     ) -> Result<StatusOutcome, StoreError>;
+
+    /// Record the address the VM's host gave it (`None`: it has none any more).
+    async fn set_address(&self, id: VmId, address: Option<&str>) -> Result<(), StoreError>;
 
     /// Events with `seq > after`, oldest first, at most `limit`.
     async fn events_since(&self, after: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;

@@ -66,7 +66,7 @@ macro_rules! vm_columns {
     () => {
         "id, name, owner, vm_group, charge, image, vcpus, memory_mib, disk_mib, host, desired, \
          generation, state, state_generation, reason, created_at, updated_at, run_overrides, \
-         exposed_ports"
+         exposed_ports, address"
     };
 }
 
@@ -92,7 +92,7 @@ const LIVE_NAME_EXISTS: &str =
 const INSERT_VM: &str = concat!(
     "INSERT INTO vms (",
     vm_columns!(),
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 /// What the live VMs charged under a prefix hold. The prefix is bound twice; `substr` rather
 /// than `LIKE` so that `_` and `%` in names match only themselves. The casts keep PostgreSQL's
@@ -108,6 +108,7 @@ const SET_DESIRED: &str = concat!(
     vm_columns!()
 );
 const SET_HOST: &str = "UPDATE vms SET host = ?, updated_at = ? WHERE id = ?";
+const SET_ADDRESS: &str = "UPDATE vms SET address = ?, updated_at = ? WHERE id = ?";
 const APPLY_STATUS: &str = concat!(
     "UPDATE vms SET state = ?, state_generation = ?, reason = ?, updated_at = ? WHERE id = ? \
      RETURNING ",
@@ -322,6 +323,7 @@ impl Store for SqliteStore {
             .bind(&updated_at)
             .bind(run_overrides.as_deref())
             .bind(exposed_ports.as_deref())
+            .bind(vm.address.as_deref())
             .execute(&mut *tx)
             .await;
         if let Err(e) = inserted {
@@ -396,6 +398,20 @@ impl Store for SqliteStore {
             return Err(StoreError::NoSuchVm(id.to_string()));
         }
         tracing::debug!(vm_id = %id, host, "VM placed");
+        Ok(())
+    }
+
+    async fn set_address(&self, id: VmId, address: Option<&str>) -> Result<(), StoreError> {
+        let done = sqlx::query(SET_ADDRESS)
+            .bind(address)
+            .bind(now()?)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchVm(id.to_string()));
+        }
+        tracing::debug!(vm_id = %id, address, "VM address recorded");
         Ok(())
     }
 

@@ -96,6 +96,10 @@ pub struct HostSection {
     /// The filesystem of base images built from now on: `erofs` (default; needs erofs-utils)
     /// or `ext4`. Images already in the cache keep theirs.
     pub base_format: String,
+    /// `[host.network]`: host networking for VMs (bridge, a TAP and an address per VM, NAT).
+    /// Absent: VMs get no network interface. `PITWALL_NETWORK=on|off` turns it on (with the
+    /// defaults, unless the section is there) or off.
+    pub network: Option<pitwall_net::NetConfig>,
 }
 
 /// `[host.registry]`: how image pulls reach registries.
@@ -222,6 +226,7 @@ impl Default for HostSection {
             boot_timeout: "120s".into(),
             registry: RegistrySection::default(),
             base_format: "erofs".into(),
+            network: None,
         }
     }
 }
@@ -273,6 +278,18 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Resul
     }
     if let Some(v) = get("PITWALL_BASE_FORMAT") {
         cfg.host.base_format = v;
+    }
+    if let Some(v) = get("PITWALL_NETWORK") {
+        match v.as_str() {
+            "on" | "1" | "true" => {
+                cfg.host.network.get_or_insert_with(Default::default);
+            }
+            "off" | "0" | "false" => cfg.host.network = None,
+            other => anyhow::bail!("PITWALL_NETWORK={other:?}: use \"on\" or \"off\""),
+        }
+    }
+    if let Some(v) = get("PITWALL_NETNS") {
+        cfg.host.network.get_or_insert_with(Default::default).netns = Some(v);
     }
     if let Some(v) = get("PITWALL_INSECURE_REGISTRIES") {
         cfg.host.registry.insecure = v
@@ -523,5 +540,46 @@ mod tests {
             e.contains("base_format") && e.contains("\"erofs\" or \"ext4\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn host_networking_is_off_unless_configured_and_keeps_its_pool_in_the_data_dir() {
+        let c = load(None, &HashMap::new()).unwrap();
+        assert_eq!(crate::host_config(&c).unwrap().network, None);
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("p.toml");
+        std::fs::write(
+            &f,
+            "data_dir = \"/srv/pw\"\n[host.network]\nbridge = \"pwbr1\"\nuplink = \"eth0\"\n",
+        )
+        .unwrap();
+        let h = crate::host_config(&load(Some(&f), &HashMap::new()).unwrap()).unwrap();
+        let n = h.network.expect("configured");
+        assert_eq!(
+            (n.bridge.as_str(), n.uplink.as_deref()),
+            ("pwbr1", Some("eth0"))
+        );
+        assert_eq!(n.state_dir, std::path::Path::new("/srv/pw/host/net"));
+        let off = HashMap::from([("PITWALL_NETWORK".to_string(), "off".to_string())]);
+        assert_eq!(
+            crate::host_config(&load(Some(&f), &off).unwrap())
+                .unwrap()
+                .network,
+            None
+        );
+        let ns = HashMap::from([("PITWALL_NETNS".to_string(), "pw1".to_string())]);
+        let n = crate::host_config(&load(None, &ns).unwrap())
+            .unwrap()
+            .network
+            .unwrap();
+        assert_eq!(
+            (n.bridge.as_str(), n.netns.as_deref()),
+            ("fcbr0", Some("pw1"))
+        );
+        let bad = HashMap::from([("PITWALL_NETWORK".to_string(), "maybe".to_string())]);
+        assert!(format!("{:#}", load(None, &bad).unwrap_err()).contains("\"on\" or \"off\""));
+        std::fs::write(&f, "[host.network]\nbrige = \"x\"\n").unwrap();
+        let e = format!("{:#}", load(Some(&f), &HashMap::new()).unwrap_err());
+        assert!(e.contains("brige"), "{e}");
     }
 }

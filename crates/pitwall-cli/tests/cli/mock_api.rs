@@ -129,6 +129,7 @@ pub fn vm(name: &str, state: &str) -> Vm {
         reason: (state == "FAILED").then(|| "kernel panic: no init found".into()),
         run: Default::default(),
         exposed_ports: vec![],
+        address: None,
         created_at: "2025-01-01T00:00:00Z".into(),
         updated_at: "2025-01-01T00:00:00Z".into(),
     }

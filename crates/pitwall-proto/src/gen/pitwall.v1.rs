@@ -181,6 +181,9 @@ pub struct VmStatus {
     /// Owner and exposed services, for the terminator.
     #[prost(string, tag = "7")]
     pub owner: ::prost::alloc::string::String,
+    /// The VM's IPv4 address on its host's bridge, once it has one (empty: none).
+    #[prost(string, tag = "8")]
+    pub address: ::prost::alloc::string::String,
 }
 /// host → control, routing key orchestrator.host.heartbeat.<host>.
 #[derive(Clone, PartialEq, ::prost::Message)]

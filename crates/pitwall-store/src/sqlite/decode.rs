@@ -117,6 +117,7 @@ pub(super) fn decode_vm(row: &SqliteRow) -> Result<VmRecord, StoreError> {
             run: c.optional_json("run_overrides")?.unwrap_or_default(),
         },
         exposed_ports: c.optional_json("exposed_ports")?.unwrap_or_default(),
+        address: c.get("address")?,
         owner: c.get("owner")?,
         group: c.get("vm_group")?,
         charge: c.get("charge")?,

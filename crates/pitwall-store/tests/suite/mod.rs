@@ -58,6 +58,7 @@ macro_rules! store_suite {
             set_desired_on_unknown_vm_is_no_such_vm,
             set_host_places_the_vm,
             set_host_on_unknown_vm_is_no_such_vm,
+            an_address_is_kept_until_changed_or_cleared,
             legal_transitions_are_applied_and_evented,
             illegal_transition_is_stale_and_changes_nothing,
             older_generation_is_stale_and_changes_nothing,
@@ -376,6 +377,25 @@ pub async fn set_host_places_the_vm(store: Arc<dyn Store>) -> TestResult {
 pub async fn set_host_on_unknown_vm_is_no_such_vm(store: Arc<dyn Store>) -> TestResult {
     let err = store
         .set_host(VmId::new_v4(), "host-a")
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, StoreError::NoSuchVm(_)), "{err:?}");
+    Ok(())
+}
+
+pub async fn an_address_is_kept_until_changed_or_cleared(store: Arc<dyn Store>) -> TestResult {
+    let vm = create(&*store, "web").await?;
+    assert_eq!(vm.address, None);
+    store.set_address(vm.id, Some("172.30.0.7")).await?;
+    let got = store.get_vm_by_id(vm.id).await?.expect("exists");
+    assert_eq!(got.address.as_deref(), Some("172.30.0.7"));
+    store.set_address(vm.id, None).await?;
+    assert_eq!(
+        store.get_vm_by_id(vm.id).await?.expect("exists").address,
+        None
+    );
+    let err = store
+        .set_address(VmId::new_v4(), Some("172.30.0.8"))
         .await
         .expect_err("unknown");
     assert!(matches!(err, StoreError::NoSuchVm(_)), "{err:?}");
