@@ -21,9 +21,15 @@ pub struct HostNetwork {
 }
 
 impl HostNetwork {
-    /// Checks the config; touches nothing yet.
-    pub fn new(config: NetConfig) -> Result<HostNetwork, NetError> {
+    /// Checks the config; touches nothing yet. Without configured DNS servers, guests get the
+    /// host's own (from `/etc/resolv.conf`, loopback ones left out: a guest cannot reach them).
+    pub fn new(mut config: NetConfig) -> Result<HostNetwork, NetError> {
         config.validate()?;
+        if config.dns.is_empty() {
+            config.dns = std::fs::read_to_string("/etc/resolv.conf")
+                .map(|text| nameservers(&text))
+                .unwrap_or_default();
+        }
         let ipam = FileIpam::new(
             config.state_dir.clone(),
             config.subnet,
@@ -113,6 +119,19 @@ impl HostNetwork {
     }
 }
 
+/// The non-loopback IPv4 `nameserver`s of a resolv.conf text, in order.
+fn nameservers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next())?
+        })
+        .filter_map(|w| w.parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback())
+        .collect()
+}
+
 fn enable_ip_forward(path: &Path) -> Result<(), NetError> {
     let current = std::fs::read_to_string(path).map_err(|e| NetError::io("read", path, e))?;
     if current.trim() != "1" {
@@ -182,5 +201,19 @@ impl Network for HostNetwork {
 
     async fn nic(&self, vm_id: VmId) -> Result<Option<VmNic>, NetError> {
         Ok(self.ipam.get(vm_id)?.map(|ip| self.nic_for(vm_id, ip)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guests_get_the_hosts_nameservers_but_not_loopback_ones() {
+        let text = "# comment\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch x\nnameserver ::1\nnameserver 9.9.9.9 # q\n";
+        assert_eq!(
+            nameservers(text),
+            [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(9, 9, 9, 9)]
+        );
     }
 }
