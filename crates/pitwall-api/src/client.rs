@@ -284,6 +284,24 @@ impl Client {
             .await
     }
 
+    /// The users the VM's owner let connect to it.
+    pub async fn vm_grants(&self, name: &str) -> Result<VmGrantList, ClientError> {
+        self.json(self.get(&format!("/v1/vms/{}/grants", seg(name))))
+            .await
+    }
+
+    /// Let `user` connect to the VM's services (idempotent).
+    pub async fn grant_vm(&self, name: &str, user: &str) -> Result<VmGrant, ClientError> {
+        self.json(self.put(&format!("/v1/vms/{}/grants/{}", seg(name), seg(user))))
+            .await
+    }
+
+    /// Take `user`'s access back.
+    pub async fn revoke_vm_grant(&self, name: &str, user: &str) -> Result<(), ClientError> {
+        self.empty(self.delete(&format!("/v1/vms/{}/grants/{}", seg(name), seg(user))))
+            .await
+    }
+
     /// Wait until the VM is in `state` (e.g. `RUNNING`), at most `timeout`.
     pub async fn wait_vm(
         &self,

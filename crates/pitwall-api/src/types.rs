@@ -94,6 +94,20 @@ pub struct Image {
     pub used_by_count: u64,
 }
 
+/// One user allowed to connect to a VM's services besides its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmGrant {
+    pub user: String,
+    pub granted_by: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmGrantList {
+    pub grants: Vec<VmGrant>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageList {
     pub images: Vec<Image>,

@@ -113,6 +113,8 @@ pub enum Command {
     /// Give part of your quota to another user or group
     #[command(subcommand)]
     Delegate(DelegateCommand),
+    /// Let another user connect to your VM (ssh, proxy, port-forward); list or revoke grants
+    Grant(GrantArgs),
     /// Show the audit log of API requests (administrators see everyone's)
     Audit(AuditArgs),
     /// Client certificates that carry a policy: request, sign, revoke, show
@@ -131,6 +133,7 @@ impl Command {
             Command::Vm(VmCommand::Show { name }) => Some(name),
             Command::Vm(VmCommand::Wait(a)) => Some(&a.name),
             Command::Vm(VmCommand::Console(a)) => Some(&a.name),
+            Command::Grant(a) => Some(&a.vm),
             _ => None,
         }
     }
@@ -452,6 +455,17 @@ pub struct DelegateCreateArgs {
     pub from: Option<String>,
     #[command(flatten)]
     pub limits: Limits,
+}
+
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// The VM (`NAME` or `OWNER:NAME`)
+    pub vm: String,
+    /// The user to let in (omit to list the VM's grants)
+    pub user: Option<String>,
+    /// Take the user's access back instead
+    #[arg(long, requires = "user")]
+    pub revoke: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod cert;
 pub mod delegate;
 pub mod events;
+pub mod grant;
 pub mod health;
 pub mod image;
 pub mod login;
@@ -68,6 +69,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::User(c) => user::run(ctx, c).await,
         Command::Quota(c) => quota::run(ctx, c).await,
         Command::Delegate(c) => delegate::run(ctx, c).await,
+        Command::Grant(a) => grant::run(ctx, a).await,
         Command::Audit(a) => audit::run(ctx, a).await,
         Command::Cert(c) => cert::run(ctx, c).await,
     }

@@ -20,6 +20,7 @@ mod access;
 mod audit;
 pub(crate) mod certs;
 mod events;
+mod grants;
 pub(crate) mod guard;
 mod images;
 mod quota;
@@ -45,6 +46,11 @@ pub(crate) fn router(control: Control) -> Router {
         .route("/v1/vms/{name}/stop", post(vms::stop))
         .route("/v1/vms/{name}/wait", get(vms::wait))
         .route("/v1/vms/{name}/console", get(vms::console))
+        .route("/v1/vms/{name}/grants", get(grants::list))
+        .route(
+            "/v1/vms/{name}/grants/{user}",
+            put(grants::put).delete(grants::delete),
+        )
         .route("/v1/events", get(events::events))
         .route("/v1/images", post(images::import).get(images::list))
         .route("/v1/images/pull", post(images::pull))

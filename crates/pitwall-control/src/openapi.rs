@@ -122,6 +122,15 @@ pub(crate) fn document() -> Value {
                 "parameters": [name_param(), {"name": "max_bytes", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 4194304}}],
                 "get": {"summary": "Tail of the captured serial console", "responses": {"200": {"description": "console bytes", "content": {"text/plain": {}}}}}
             },
+            "/v1/vms/{name}/grants": {
+                "parameters": [name_param()],
+                "get": {"summary": "Users the owner let connect to the VM's services (owner or admin)", "responses": ok("VmGrantList", "200")}
+            },
+            "/v1/vms/{name}/grants/{user}": {
+                "parameters": [name_param(), {"name": "user", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "put": {"summary": "Let a user connect to the VM's services (owner or admin; idempotent: 201 new, 200 already)", "responses": ok("VmGrant", "201")},
+                "delete": {"summary": "Take a user's access back", "responses": {"204": {"description": "revoked"}, "404": {"description": "no such grant"}}}
+            },
             "/v1/events": {
                 "parameters": [{"name": "after", "in": "query", "required": false, "schema": {"type": "integer"}}],
                 "get": {"summary": "Lifecycle events as server-sent events (event `state`, id = seq, data = Event); Last-Event-ID resumes", "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/Event"}}}}}}
@@ -202,6 +211,8 @@ pub(crate) fn document() -> Value {
                     "exposed_ports": {"type": "array", "items": {"type": "string"}, "description": "the image's ExposedPorts when the VM was created"},
                     "address": {"type": ["string", "null"], "description": "the VM's IPv4 address on its host's bridge, once it has one"},
                     "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
+                "VmGrant": {"type": "object", "properties": {"user": {"type": "string"}, "granted_by": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}},
+                "VmGrantList": {"type": "object", "properties": {"grants": {"type": "array", "items": {"$ref": "#/components/schemas/VmGrant"}}}},
                 "VmList": {"type": "object", "properties": {"vms": {"type": "array", "items": {"$ref": "#/components/schemas/Vm"}}}},
                 "Image": {"type": "object", "properties": {
                     "reference": {"type": "string"}, "digest": {"type": "string"}, "size_bytes": {"type": "integer"},
@@ -256,6 +267,8 @@ pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/vms/{name}/stop", &["post"]),
     ("/v1/vms/{name}/wait", &["get"]),
     ("/v1/vms/{name}/console", &["get"]),
+    ("/v1/vms/{name}/grants", &["get"]),
+    ("/v1/vms/{name}/grants/{user}", &["put", "delete"]),
     ("/v1/events", &["get"]),
     ("/v1/images", &["post", "get"]),
     ("/v1/images/pull", &["post"]),

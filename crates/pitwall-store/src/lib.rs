@@ -207,6 +207,16 @@ impl DelegationRecord {
     }
 }
 
+/// A user allowed to connect to a VM's services besides its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmGrant {
+    pub vm_id: VmId,
+    /// The user name granted.
+    pub grantee: String,
+    pub granted_by: String,
+    pub created_at: OffsetDateTime,
+}
+
 /// A revoked client certificate, by serial number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokedCertificate {
@@ -358,6 +368,16 @@ pub trait Store: Send + Sync + 'static {
         id: uuid::Uuid,
         at: OffsetDateTime,
     ) -> Result<DelegationRecord, StoreError>;
+
+    /// Let `grant.grantee` connect to the VM (idempotent: a repeated grant keeps the first
+    /// record and returns `false`). Fails with [`StoreError::NoSuchVm`] for an unknown VM.
+    async fn grant_vm(&self, grant: &VmGrant) -> Result<bool, StoreError>;
+
+    /// Take a grant back; `false` when there was none.
+    async fn revoke_vm_grant(&self, vm_id: VmId, grantee: &str) -> Result<bool, StoreError>;
+
+    /// The grants of a VM, by grantee.
+    async fn vm_grants(&self, vm_id: VmId) -> Result<Vec<VmGrant>, StoreError>;
 
     /// Record a certificate serial as revoked (idempotent: the first record stays).
     async fn revoke_certificate(&self, revoked: &RevokedCertificate) -> Result<(), StoreError>;

@@ -37,10 +37,11 @@ use time::{OffsetDateTime, UtcOffset};
 
 use crate::{
     judge_status, kept_reason, AuditRecord, DelegationRecord, EventRecord, ImageRecord, QuotaCheck,
-    RevokedCertificate, StatusOutcome, Store, StoreError, UserRecord, VmRecord,
+    RevokedCertificate, StatusOutcome, Store, StoreError, UserRecord, VmGrant, VmRecord,
 };
 
 mod decode;
+mod grants;
 mod identity;
 
 use decode::{decode_event, decode_image, decode_user, decode_vm, Cells};
@@ -609,6 +610,18 @@ impl Store for SqliteStore {
         at: OffsetDateTime,
     ) -> Result<DelegationRecord, StoreError> {
         identity::revoke_delegation(&self.pool, id, at).await
+    }
+
+    async fn grant_vm(&self, grant: &VmGrant) -> Result<bool, StoreError> {
+        grants::grant_vm(&self.pool, grant).await
+    }
+
+    async fn revoke_vm_grant(&self, vm_id: VmId, grantee: &str) -> Result<bool, StoreError> {
+        grants::revoke_vm_grant(&self.pool, vm_id, grantee).await
+    }
+
+    async fn vm_grants(&self, vm_id: VmId) -> Result<Vec<VmGrant>, StoreError> {
+        grants::vm_grants(&self.pool, vm_id).await
     }
 
     async fn revoke_certificate(&self, revoked: &RevokedCertificate) -> Result<(), StoreError> {

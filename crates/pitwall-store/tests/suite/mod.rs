@@ -59,6 +59,7 @@ macro_rules! store_suite {
             set_host_places_the_vm,
             set_host_on_unknown_vm_is_no_such_vm,
             an_address_is_kept_until_changed_or_cleared,
+            grants_are_idempotent_listed_by_grantee_and_revocable,
             legal_transitions_are_applied_and_evented,
             illegal_transition_is_stale_and_changes_nothing,
             older_generation_is_stale_and_changes_nothing,
@@ -398,6 +399,43 @@ pub async fn an_address_is_kept_until_changed_or_cleared(store: Arc<dyn Store>) 
         .set_address(VmId::new_v4(), Some("172.30.0.8"))
         .await
         .expect_err("unknown");
+    assert!(matches!(err, StoreError::NoSuchVm(_)), "{err:?}");
+    Ok(())
+}
+
+pub async fn grants_are_idempotent_listed_by_grantee_and_revocable(
+    store: Arc<dyn Store>,
+) -> TestResult {
+    let vm = create(&*store, "web").await?;
+    let grant = |who: &str| pitwall_store::VmGrant {
+        vm_id: vm.id,
+        grantee: who.into(),
+        granted_by: "alice".into(),
+        created_at: time::OffsetDateTime::UNIX_EPOCH,
+    };
+    assert!(store.grant_vm(&grant("carol")).await?);
+    assert!(store.grant_vm(&grant("bob")).await?);
+    assert!(
+        !store.grant_vm(&grant("bob")).await?,
+        "a repeated grant is not new"
+    );
+    let names: Vec<String> = store
+        .vm_grants(vm.id)
+        .await?
+        .into_iter()
+        .map(|g| g.grantee)
+        .collect();
+    assert_eq!(names, ["bob", "carol"]);
+    assert!(store.revoke_vm_grant(vm.id, "bob").await?);
+    assert!(!store.revoke_vm_grant(vm.id, "bob").await?);
+    assert_eq!(store.vm_grants(vm.id).await?.len(), 1);
+    let err = store
+        .grant_vm(&pitwall_store::VmGrant {
+            vm_id: VmId::new_v4(),
+            ..grant("dave")
+        })
+        .await
+        .expect_err("unknown VM");
     assert!(matches!(err, StoreError::NoSuchVm(_)), "{err:?}");
     Ok(())
 }

@@ -594,3 +594,96 @@ async fn a_group_vm_is_charged_to_the_groups_policy() {
     assert_eq!((q.holder.as_str(), q.usage.vms), ("group:ops", 1));
     h.assert_every_mutation_audited().await;
 }
+
+fn principal(name: &str, groups: &[&str]) -> crate::auth::Principal {
+    crate::auth::Principal {
+        subject: name.into(),
+        username: name.into(),
+        roles: vec![],
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        is_admin: false,
+        via: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn the_owner_grants_access_to_connect_and_takes_it_back_and_nobody_else_may() {
+    let mut h = Harness::start().await;
+    let alice = h.user("alice", &["ops"]).await;
+    let bob = h.user("bob", &["ops"]).await;
+    let r = h.create_as(&alice, "web", json!({ "group": "ops" })).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    h.host.next_vm_command().await;
+    let connect = |who: &'static str| {
+        let c = h.control.clone();
+        async move {
+            crate::api::access::resolve_for_connect(&c, &principal(who, &[]), "alice:web").await
+        }
+    };
+    assert!(connect("carol").await.is_err(), "no grant, no access");
+
+    // Alice grants carol (idempotent: 201, then 200) and lists it.
+    let r = h
+        .as_(&alice, Method::PUT, "/v1/vms/web/grants/carol", None)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let g: pitwall_api::VmGrant = r.json();
+    assert_eq!((g.user.as_str(), g.granted_by.as_str()), ("carol", "alice"));
+    let r = h
+        .as_(&alice, Method::PUT, "/v1/vms/web/grants/carol", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let list: pitwall_api::VmGrantList = h
+        .as_(&alice, Method::GET, "/v1/vms/web/grants", None)
+        .await
+        .json();
+    assert_eq!(list.grants, vec![g]);
+    assert_eq!(
+        connect("carol").await.expect("granted").spec.name.as_str(),
+        "web"
+    );
+    // A grant is only to connect: carol still cannot see or change the VM.
+    let carol = h.user("carol", &[]).await;
+    for (method, uri) in [
+        (Method::GET, "/v1/vms/alice:web"),
+        (Method::POST, "/v1/vms/alice:web/stop"),
+        (Method::GET, "/v1/vms/alice:web/grants"),
+        (Method::PUT, "/v1/vms/alice:web/grants/dave"),
+    ] {
+        let r = h.as_(&carol, method.clone(), uri, None).await;
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "{method} {uri}: {}",
+            r.text()
+        );
+    }
+    // Bob shares the VM through his group but may not hand out access to it.
+    let r = h
+        .as_(&bob, Method::PUT, "/v1/vms/alice:web/grants/dave", None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert!(r.error().message.contains("owner"), "{}", r.text());
+    // Bad user names and self-grants are refused with a reason.
+    let r = h
+        .as_(&alice, Method::PUT, "/v1/vms/web/grants/alice", None)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = h
+        .as_(&alice, Method::PUT, "/v1/vms/web/grants/a%20b", None)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+
+    // Revoked: gone at once; revoking again says there is none.
+    let r = h
+        .as_(&alice, Method::DELETE, "/v1/vms/web/grants/carol", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert!(connect("carol").await.is_err(), "revoked");
+    let r = h
+        .as_(&alice, Method::DELETE, "/v1/vms/web/grants/carol", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    assert_eq!(r.error().code, "no_grant");
+    h.assert_every_mutation_audited().await;
+}
