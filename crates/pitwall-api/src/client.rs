@@ -284,6 +284,24 @@ impl Client {
             .await
     }
 
+    /// A short-lived SSH user certificate for `public_key` (OpenSSH text), valid for this VM.
+    pub async fn ssh_certificate(
+        &self,
+        name: &str,
+        req: &SshCertificateRequest,
+    ) -> Result<SshCertificate, ClientError> {
+        self.json(
+            self.post(&format!("/v1/vms/{}/ssh/certificate", seg(name)))
+                .json(req),
+        )
+        .await
+    }
+
+    /// The deployment's SSH CA public key.
+    pub async fn ssh_ca(&self) -> Result<SshCa, ClientError> {
+        self.json(self.get("/v1/ssh/ca")).await
+    }
+
     /// The users the VM's owner let connect to it.
     pub async fn vm_grants(&self, name: &str) -> Result<VmGrantList, ClientError> {
         self.json(self.get(&format!("/v1/vms/{}/grants", seg(name))))

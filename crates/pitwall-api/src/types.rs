@@ -94,6 +94,38 @@ pub struct Image {
     pub used_by_count: u64,
 }
 
+/// `POST /v1/vms/{name}/ssh/certificate`: sign a public key for SSH into one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshCertificateRequest {
+    /// One OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
+    pub public_key: String,
+    /// Validity in seconds (default 300, at most 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A short-lived OpenSSH user certificate valid for one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshCertificate {
+    /// OpenSSH text (`ssh-ed25519-cert-v01@openssh.com AAAA…`).
+    pub certificate: String,
+    /// `vm:<VM id>`: the guest accepts only certificates naming it.
+    pub principals: Vec<String>,
+    pub key_id: String,
+    pub serial: u64,
+    /// Unix seconds.
+    pub valid_after: u64,
+    pub valid_before: u64,
+    /// The CA's public key (what guests trust).
+    pub ca_public_key: String,
+}
+
+/// `GET /v1/ssh/ca`: the deployment's SSH CA public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshCa {
+    pub public_key: String,
+}
+
 /// One user allowed to connect to a VM's services besides its owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmGrant {

@@ -25,6 +25,7 @@ pub(crate) mod guard;
 mod images;
 mod quota;
 mod session;
+mod ssh;
 mod vms;
 
 /// Every route. Public ones are listed in [`guard::PUBLIC`]; all others are behind
@@ -47,6 +48,8 @@ pub(crate) fn router(control: Control) -> Router {
         .route("/v1/vms/{name}/wait", get(vms::wait))
         .route("/v1/vms/{name}/console", get(vms::console))
         .route("/v1/vms/{name}/grants", get(grants::list))
+        .route("/v1/vms/{name}/ssh/certificate", post(ssh::certificate))
+        .route("/v1/ssh/ca", get(ssh::ca))
         .route(
             "/v1/vms/{name}/grants/{user}",
             put(grants::put).delete(grants::delete),

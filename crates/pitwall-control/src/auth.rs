@@ -13,6 +13,7 @@ use pitwall_core::Policy;
 pub mod issuer;
 pub mod jwt;
 pub mod oidc;
+pub mod ssh_ca;
 pub mod x509;
 
 /// Who a request comes from, after validation.
@@ -89,6 +90,8 @@ pub struct Auth {
     pub default_policy: Policy,
     /// The deployment CA for client certificates; `None`: certificates are off.
     pub ca: Option<Arc<x509::DeploymentCa>>,
+    /// The SSH CA signing per-VM user certificates; `None`: `pitwall ssh` certificates are off.
+    pub ssh_ca: Option<Arc<ssh_ca::SshCa>>,
 }
 
 impl Auth {
@@ -96,6 +99,13 @@ impl Auth {
     #[must_use]
     pub fn with_ca(mut self, ca: Arc<x509::DeploymentCa>) -> Self {
         self.ca = Some(ca);
+        self
+    }
+
+    /// Issue SSH user certificates for VMs with `ca`.
+    #[must_use]
+    pub fn with_ssh_ca(mut self, ca: Arc<ssh_ca::SshCa>) -> Self {
+        self.ssh_ca = Some(ca);
         self
     }
 
@@ -124,6 +134,7 @@ impl Auth {
             client,
             default_policy,
             ca: None,
+            ssh_ca: None,
         }
     }
 
@@ -141,6 +152,7 @@ impl Auth {
             client,
             default_policy,
             ca: None,
+            ssh_ca: None,
         }
     }
 }

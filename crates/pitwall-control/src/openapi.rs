@@ -131,6 +131,15 @@ pub(crate) fn document() -> Value {
                 "put": {"summary": "Let a user connect to the VM's services (owner or admin; idempotent: 201 new, 200 already)", "responses": ok("VmGrant", "201")},
                 "delete": {"summary": "Take a user's access back", "responses": {"204": {"description": "revoked"}, "404": {"description": "no such grant"}}}
             },
+            "/v1/vms/{name}/ssh/certificate": {
+                "parameters": [name_param()],
+                "post": {"summary": "A short-lived SSH user certificate for this VM (owner, group, admin or grantee)",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SshCertificateRequest"}}}},
+                    "responses": ok("SshCertificate", "201")}
+            },
+            "/v1/ssh/ca": {
+                "get": {"summary": "The deployment's SSH CA public key (guests trust its certificates)", "responses": ok("SshCa", "200")}
+            },
             "/v1/events": {
                 "parameters": [{"name": "after", "in": "query", "required": false, "schema": {"type": "integer"}}],
                 "get": {"summary": "Lifecycle events as server-sent events (event `state`, id = seq, data = Event); Last-Event-ID resumes", "responses": {"200": {"description": "event stream", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/Event"}}}}}}
@@ -211,6 +220,9 @@ pub(crate) fn document() -> Value {
                     "exposed_ports": {"type": "array", "items": {"type": "string"}, "description": "the image's ExposedPorts when the VM was created"},
                     "address": {"type": ["string", "null"], "description": "the VM's IPv4 address on its host's bridge, once it has one"},
                     "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
+                "SshCertificateRequest": {"type": "object", "required": ["public_key"], "properties": {"public_key": {"type": "string"}, "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 3600}}},
+                "SshCertificate": {"type": "object", "properties": {"certificate": {"type": "string"}, "principals": {"type": "array", "items": {"type": "string"}}, "key_id": {"type": "string"}, "serial": {"type": "integer"}, "valid_after": {"type": "integer"}, "valid_before": {"type": "integer"}, "ca_public_key": {"type": "string"}}},
+                "SshCa": {"type": "object", "properties": {"public_key": {"type": "string"}}},
                 "VmGrant": {"type": "object", "properties": {"user": {"type": "string"}, "granted_by": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}},
                 "VmGrantList": {"type": "object", "properties": {"grants": {"type": "array", "items": {"$ref": "#/components/schemas/VmGrant"}}}},
                 "VmList": {"type": "object", "properties": {"vms": {"type": "array", "items": {"$ref": "#/components/schemas/Vm"}}}},
@@ -269,6 +281,8 @@ pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/vms/{name}/console", &["get"]),
     ("/v1/vms/{name}/grants", &["get"]),
     ("/v1/vms/{name}/grants/{user}", &["put", "delete"]),
+    ("/v1/vms/{name}/ssh/certificate", &["post"]),
+    ("/v1/ssh/ca", &["get"]),
     ("/v1/events", &["get"]),
     ("/v1/images", &["post", "get"]),
     ("/v1/images/pull", &["post"]),

@@ -88,11 +88,13 @@ impl Harness {
             .expect("admin logs in")
             .access_token;
         let issuer = Arc::new(issuer);
+        let ssh_ca = crate::auth::ssh_ca::SshCa::open(&dir.path().join("ca")).expect("SSH CA");
         let auth = crate::auth::Auth::builtin(
             issuer.clone(),
             crate::auth::issuer::ADMIN_ROLE,
             pitwall_core::Policy::unlimited(),
-        );
+        )
+        .with_ssh_ca(Arc::new(ssh_ca));
         let control = Control::start(cfg, store.clone(), Arc::new(bus.clone()), auth)
             .await
             .expect("control plane starts");

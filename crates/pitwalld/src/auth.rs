@@ -10,6 +10,7 @@ use anyhow::Context;
 use pitwall_control::auth::issuer::BuiltinIssuer;
 use pitwall_control::auth::jwt::ValidatorConfig;
 use pitwall_control::auth::oidc::OidcKeySource;
+use pitwall_control::auth::ssh_ca::SshCa;
 use pitwall_control::auth::x509::DeploymentCa;
 use pitwall_control::auth::Auth;
 use pitwall_store::Store;
@@ -77,7 +78,11 @@ pub async fn build(
             )
         }
     };
-    Ok((auth.with_ca(ca.clone()), ca))
+    let ssh_ca = Arc::new(
+        SshCa::open(&cfg.data_dir.join("ca"))
+            .context("cannot open the SSH certificate authority")?,
+    );
+    Ok((auth.with_ca(ca.clone()).with_ssh_ca(ssh_ca), ca))
 }
 
 /// Print the bootstrapped admin's one-time password, once, with how to use it.

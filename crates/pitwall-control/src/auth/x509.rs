@@ -361,7 +361,7 @@ impl DeploymentCa {
     }
 }
 
-fn read_opt(path: &Path) -> Result<Option<String>, X509Error> {
+pub(crate) fn read_opt(path: &Path) -> Result<Option<String>, X509Error> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -372,13 +372,13 @@ fn read_opt(path: &Path) -> Result<Option<String>, X509Error> {
     }
 }
 
-fn warn_if_readable_by_others(path: &Path) {
+pub(crate) fn warn_if_readable_by_others(path: &Path) {
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             tracing::warn!(
                 path = %path.display(), mode = format_args!("{mode:o}"),
-                "the deployment CA key is readable by others: chmod 600 it"
+                "a CA key is readable by others: chmod 600 it"
             );
         }
     }
@@ -386,7 +386,7 @@ fn warn_if_readable_by_others(path: &Path) {
 
 /// Writes `contents` to a staged file (created with `mode`, synced) and renames it onto
 /// `path`, which is therefore never half-written. Refuses to replace an existing `path`.
-fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), X509Error> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), X509Error> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

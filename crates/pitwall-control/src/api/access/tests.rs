@@ -687,3 +687,78 @@ async fn the_owner_grants_access_to_connect_and_takes_it_back_and_nobody_else_ma
     assert_eq!(r.error().code, "no_grant");
     h.assert_every_mutation_audited().await;
 }
+
+#[tokio::test]
+async fn ssh_certificates_name_one_vm_and_go_only_to_who_may_connect() {
+    use ssh_key::rand_core::OsRng;
+    let mut h = Harness::start().await;
+    let alice = h.user("alice", &[]).await;
+    let carol = h.user("carol", &[]).await;
+    let r = h.create_as(&alice, "web", json!({})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let vm: pitwall_api::Vm = r.json();
+    h.host.next_vm_command().await;
+    let key = ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519).unwrap();
+    let public = key.public_key().to_openssh().unwrap();
+    let ask = json!({ "public_key": public });
+
+    let r = h
+        .as_(
+            &alice,
+            Method::POST,
+            "/v1/vms/web/ssh/certificate",
+            Some(ask.clone()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let cert: pitwall_api::SshCertificate = r.json();
+    assert_eq!(cert.principals, [format!("vm:{}", vm.id)]);
+    assert!(cert.key_id.starts_with("alice@pitwall"), "{}", cert.key_id);
+    assert!(cert.valid_before - cert.valid_after <= 360);
+    let parsed = ssh_key::Certificate::from_openssh(&cert.certificate).unwrap();
+    let ca: pitwall_api::SshCa = h.as_(&alice, Method::GET, "/v1/ssh/ca", None).await.json();
+    assert_eq!(ca.public_key, cert.ca_public_key);
+    let ca_key = ssh_key::PublicKey::from_openssh(&ca.public_key).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    parsed
+        .validate_at(now, [&ca_key.fingerprint(Default::default())])
+        .expect("signed by the deployment's SSH CA");
+
+    // Carol may not connect, so the VM does not exist for her; with a grant she gets one.
+    let uri = "/v1/vms/alice:web/ssh/certificate";
+    let r = h.as_(&carol, Method::POST, uri, Some(ask.clone())).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    let r = h
+        .as_(&alice, Method::PUT, "/v1/vms/web/grants/carol", None)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = h.as_(&carol, Method::POST, uri, Some(ask.clone())).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let theirs: pitwall_api::SshCertificate = r.json();
+    assert!(
+        theirs.key_id.starts_with("carol@pitwall"),
+        "{}",
+        theirs.key_id
+    );
+
+    // Bad keys and long lives are the caller's mistake, said plainly.
+    let r = h
+        .as_(
+            &alice,
+            Method::POST,
+            "/v1/vms/web/ssh/certificate",
+            Some(json!({"public_key": "nope"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = h
+        .as_(
+            &alice,
+            Method::POST,
+            "/v1/vms/web/ssh/certificate",
+            Some(json!({"public_key": public, "ttl_seconds": 7200})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.error().message.contains("at most 3600"), "{}", r.text());
+}
