@@ -209,7 +209,7 @@ impl Control {
         Ok(())
     }
 
-    fn spec_of(vm: &VmRecord) -> PbSpec {
+    fn spec_of(&self, vm: &VmRecord) -> PbSpec {
         PbSpec {
             name: vm.spec.name.to_string(),
             image: vm.spec.image.to_string(),
@@ -218,6 +218,14 @@ impl Control {
             disk_mib: vm.spec.disk_mib,
             owner: vm.owner.clone(),
             run: (!vm.spec.run.is_empty()).then(|| (&vm.spec.run).into()),
+            ssh_ca_public_key: self
+                .inner
+                .auth
+                .ssh_ca
+                .as_ref()
+                .map(|ca| ca.public_key().to_string())
+                .unwrap_or_default(),
+            ssh_authorized_keys: Vec::new(),
         }
     }
 
@@ -230,20 +238,20 @@ impl Control {
             DesiredState::Running if matches!(vm.state, VmState::Pending | VmState::Creating) => (
                 verb::CREATE,
                 vm_command::Command::Create(CreateVm {
-                    spec: Some(Self::spec_of(vm)),
+                    spec: Some(self.spec_of(vm)),
                     start: true,
                 }),
             ),
             DesiredState::Running => (
                 verb::START,
                 vm_command::Command::Start(StartVm {
-                    spec: Some(Self::spec_of(vm)),
+                    spec: Some(self.spec_of(vm)),
                 }),
             ),
             DesiredState::Stopped if matches!(vm.state, VmState::Pending | VmState::Creating) => (
                 verb::CREATE,
                 vm_command::Command::Create(CreateVm {
-                    spec: Some(Self::spec_of(vm)),
+                    spec: Some(self.spec_of(vm)),
                     start: false,
                 }),
             ),

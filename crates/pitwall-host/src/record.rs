@@ -22,6 +22,12 @@ pub struct Spec {
     /// Changes to the image's run configuration; empty: the image's own.
     #[serde(default, skip_serializing_if = "RunOverrides::is_empty")]
     pub run: RunOverrides,
+    /// The deployment's SSH CA public key the guest trusts (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ssh_ca_public_key: String,
+    /// Public keys the guest accepts as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 impl From<&pitwall_proto::v1::VmSpec> for Spec {
@@ -34,6 +40,8 @@ impl From<&pitwall_proto::v1::VmSpec> for Spec {
             disk_mib: s.disk_mib,
             owner: s.owner.clone(),
             run: s.run.as_ref().map(RunOverrides::from).unwrap_or_default(),
+            ssh_ca_public_key: s.ssh_ca_public_key.clone(),
+            ssh_authorized_keys: s.ssh_authorized_keys.clone(),
         }
     }
 }
@@ -136,6 +144,8 @@ mod tests {
                         env: vec!["A=1".into()],
                         ..Default::default()
                     },
+                    ssh_ca_public_key: "ssh-ed25519 AAAA ca".into(),
+                    ssh_authorized_keys: vec!["ssh-ed25519 BBBB me".into()],
                 },
                 grace_ms: 0,
             },

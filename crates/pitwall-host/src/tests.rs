@@ -73,6 +73,8 @@ fn spec(name: &str, image: &str) -> VmSpec {
         disk_mib: 8,
         owner: "alice".into(),
         run: None,
+        ssh_ca_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxs8bLMq4GUuqzeL2ecgH2K5GXuKdZx9mIUN6DPRafp ca".into(),
+        ssh_authorized_keys: vec![],
     }
 }
 

@@ -65,6 +65,13 @@ pub struct VmSpec {
     /// Changes to the image's run configuration given at create time; absent: none.
     #[prost(message, optional, tag = "7")]
     pub run: ::core::option::Option<RunOverrides>,
+    /// The deployment's SSH CA public key (OpenSSH line): the guest's SSH server accepts user
+    /// certificates it signed for principal "vm:<vm_id>". Empty: none.
+    #[prost(string, tag = "8")]
+    pub ssh_ca_public_key: ::prost::alloc::string::String,
+    /// OpenSSH public keys the guest's SSH server accepts as they are (given at create time).
+    #[prost(string, repeated, tag = "9")]
+    pub ssh_authorized_keys: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// What a user changed of an image's run configuration (docker run's rules: an entrypoint
 /// given drops the image's Cmd unless cmd is given too). An absent field keeps the image's.

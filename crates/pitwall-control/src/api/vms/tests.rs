@@ -66,6 +66,16 @@ async fn create_records_a_pending_vm_and_sends_its_host_one_create_command() {
             disk_mib: 2048,
             owner: vm.owner.clone(),
             run: None,
+            ssh_ca_public_key: h
+                .control
+                .inner
+                .auth
+                .ssh_ca
+                .as_ref()
+                .expect("the harness has an SSH CA")
+                .public_key()
+                .to_string(),
+            ssh_authorized_keys: vec![],
         })
     );
     assert_eq!(h.host.waiting_commands().await, 0, "exactly one command");
