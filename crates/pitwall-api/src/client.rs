@@ -226,17 +226,7 @@ impl Client {
             return Ok(resp);
         }
         let body = resp.bytes().await.map_err(|e| self.transport(e))?;
-        match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(b) => Err(ClientError::Api {
-                status: status.as_u16(),
-                code: b.error.code,
-                message: b.error.message,
-            }),
-            Err(_) => Err(ClientError::Decode {
-                status: status.as_u16(),
-                why: String::from_utf8_lossy(&body).chars().take(500).collect(),
-            }),
-        }
+        Err(error_of(status, &body))
     }
 
     async fn json<T: DeserializeOwned>(
@@ -300,6 +290,32 @@ impl Client {
     /// The deployment's SSH CA public key.
     pub async fn ssh_ca(&self) -> Result<SshCa, ClientError> {
         self.json(self.get("/v1/ssh/ca")).await
+    }
+
+    /// A byte stream to `service` (`ssh`, `tcp-PORT`) of a RUNNING VM, through the control
+    /// plane's edge (an HTTP upgrade to `pitwall-connect/1`).
+    pub async fn connect(
+        &self,
+        name: &str,
+        service: &str,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        let req = self
+            .get(&format!("/v1/vms/{}/connect/{}", seg(name), seg(service)))
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, CONNECT_PROTOCOL);
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            return resp.upgrade().await.map_err(|e| self.transport(e));
+        }
+        if status.is_success() {
+            return Err(ClientError::Decode {
+                status: status.as_u16(),
+                why: "the server answered without switching to a stream".into(),
+            });
+        }
+        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        Err(error_of(status, &body))
     }
 
     /// The users the VM's owner let connect to it.
@@ -612,5 +628,23 @@ mod tests {
             .build("https://127.0.0.1:1")
             .unwrap_err();
         assert!(matches!(e, ClientError::Tls { .. }), "{e:?}");
+    }
+}
+
+/// The `Upgrade` token of `GET /v1/vms/{name}/connect/{service}`.
+pub const CONNECT_PROTOCOL: &str = "pitwall-connect/1";
+
+/// The error an unsuccessful answer carries (the API's JSON error, else its text).
+fn error_of(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => ClientError::Api {
+            status: status.as_u16(),
+            code: b.error.code,
+            message: b.error.message,
+        },
+        Err(_) => ClientError::Decode {
+            status: status.as_u16(),
+            why: String::from_utf8_lossy(body).chars().take(500).collect(),
+        },
     }
 }

@@ -115,6 +115,10 @@ pub enum Command {
     Delegate(DelegateCommand),
     /// Let another user connect to your VM (ssh, proxy, port-forward); list or revoke grants
     Grant(GrantArgs),
+    /// Carry stdin/stdout to a VM's service (for OpenSSH's ProxyCommand, scp, editors)
+    Proxy(ProxyArgs),
+    /// Forward a local TCP port to a port of a VM, through the edge (no host port is opened)
+    PortForward(PortForwardArgs),
     /// Show the audit log of API requests (administrators see everyone's)
     Audit(AuditArgs),
     /// Client certificates that carry a policy: request, sign, revoke, show
@@ -134,6 +138,8 @@ impl Command {
             Command::Vm(VmCommand::Wait(a)) => Some(&a.name),
             Command::Vm(VmCommand::Console(a)) => Some(&a.name),
             Command::Grant(a) => Some(&a.vm),
+            Command::Proxy(a) => Some(&a.vm),
+            Command::PortForward(a) => Some(&a.vm),
             _ => None,
         }
     }
@@ -466,6 +472,24 @@ pub struct GrantArgs {
     /// Take the user's access back instead
     #[arg(long, requires = "user")]
     pub revoke: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The VM (`NAME` or `OWNER:NAME`)
+    pub vm: String,
+    /// `ssh`, or `tcp-PORT` for an exposed port (a bare PORT means `tcp-PORT`)
+    #[arg(default_value = "ssh")]
+    pub service: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PortForwardArgs {
+    /// The VM (`NAME` or `OWNER:NAME`)
+    pub vm: String,
+    /// `LOCAL:REMOTE`: listen on 127.0.0.1:LOCAL (0: any free port) and carry each connection
+    /// to the VM's exposed port REMOTE; or `[ADDRESS:]LOCAL:REMOTE` to listen elsewhere
+    pub ports: String,
 }
 
 #[derive(Debug, Args)]

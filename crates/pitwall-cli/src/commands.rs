@@ -9,6 +9,7 @@ pub mod grant;
 pub mod health;
 pub mod image;
 pub mod login;
+pub mod proxy;
 pub mod quota;
 pub mod user;
 pub mod vm;
@@ -70,6 +71,8 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Quota(c) => quota::run(ctx, c).await,
         Command::Delegate(c) => delegate::run(ctx, c).await,
         Command::Grant(a) => grant::run(ctx, a).await,
+        Command::Proxy(a) => proxy::proxy(ctx, a).await,
+        Command::PortForward(a) => proxy::port_forward(ctx, a).await,
         Command::Audit(a) => audit::run(ctx, a).await,
         Command::Cert(c) => cert::run(ctx, c).await,
     }

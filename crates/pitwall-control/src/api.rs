@@ -19,6 +19,7 @@ use crate::Control;
 mod access;
 mod audit;
 pub(crate) mod certs;
+pub mod connect;
 mod events;
 mod grants;
 pub(crate) mod guard;
@@ -49,6 +50,7 @@ pub(crate) fn router(control: Control) -> Router {
         .route("/v1/vms/{name}/console", get(vms::console))
         .route("/v1/vms/{name}/grants", get(grants::list))
         .route("/v1/vms/{name}/ssh/certificate", post(ssh::certificate))
+        .route("/v1/vms/{name}/connect/{service}", get(connect::connect))
         .route("/v1/ssh/ca", get(ssh::ca))
         .route(
             "/v1/vms/{name}/grants/{user}",

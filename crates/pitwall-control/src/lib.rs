@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, oneshot};
 
 pub mod api;
 pub mod auth;
+pub mod edge;
 mod hosts;
 mod messaging;
 mod openapi;
@@ -108,6 +109,8 @@ struct Inner {
     /// Sequence number of the last event broadcast to subscribers.
     last_seq: tokio::sync::Mutex<u64>,
     started: Instant,
+    /// The overlay to the hosts' terminators, once the daemon set it.
+    edge: std::sync::OnceLock<Arc<dyn edge::Dialer>>,
 }
 
 /// A request sent to a host: where its answer goes, and its progress reports (ImageProgress,
@@ -149,6 +152,7 @@ impl Control {
                 pending: Mutex::new(HashMap::new()),
                 last_seq: tokio::sync::Mutex::new(last_seq),
                 started: Instant::now(),
+                edge: std::sync::OnceLock::new(),
             }),
         };
         messaging::start_consumers(&control).await?;
@@ -164,6 +168,12 @@ impl Control {
     /// Hosts that heartbeated within their lease.
     pub fn live_hosts(&self) -> Vec<HostInfo> {
         self.inner.hosts.live()
+    }
+
+    /// Carry connections to VM services over `dialer` (the overlay to the terminators). Set
+    /// once; a second call is refused and returns `false`.
+    pub fn set_edge(&self, dialer: Arc<dyn edge::Dialer>) -> bool {
+        self.inner.edge.set(dialer).is_ok()
     }
 
     /// Subscribe to lifecycle events as the store records them.

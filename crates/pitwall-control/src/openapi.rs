@@ -137,6 +137,11 @@ pub(crate) fn document() -> Value {
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SshCertificateRequest"}}}},
                     "responses": ok("SshCertificate", "201")}
             },
+            "/v1/vms/{name}/connect/{service}": {
+                "parameters": [name_param(), {"name": "service", "in": "path", "required": true, "schema": {"type": "string"}, "description": "`ssh` or `tcp-PORT` of an exposed port"}],
+                "get": {"summary": "A byte stream to a service of a RUNNING VM (owner, group, admin or grantee): send `Connection: Upgrade`, `Upgrade: pitwall-connect/1`; answered 101, then raw bytes",
+                    "responses": {"101": {"description": "switched to the stream"}, "409": {"description": "the VM is not RUNNING"}, "426": {"description": "no upgrade asked for"}, "502": {"description": "the VM's side could not be reached"}, "503": {"description": "no edge configured"}}}
+            },
             "/v1/ssh/ca": {
                 "get": {"summary": "The deployment's SSH CA public key (guests trust its certificates)", "responses": ok("SshCa", "200")}
             },
@@ -282,6 +287,7 @@ pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/vms/{name}/grants", &["get"]),
     ("/v1/vms/{name}/grants/{user}", &["put", "delete"]),
     ("/v1/vms/{name}/ssh/certificate", &["post"]),
+    ("/v1/vms/{name}/connect/{service}", &["get"]),
     ("/v1/ssh/ca", &["get"]),
     ("/v1/events", &["get"]),
     ("/v1/images", &["post", "get"]),

@@ -119,7 +119,6 @@ pub(crate) async fn resolve(
 /// The VM `asked` if `caller` may connect to its services: one they may see (as
 /// [`resolve`]), or, named `OWNER:NAME`, one whose owner granted them access. To a caller with
 /// neither, it does not exist (the same 404).
-#[allow(dead_code)] // the edge's connect route (issue 5) is its caller
 pub(crate) async fn resolve_for_connect(
     c: &Control,
     caller: &Principal,

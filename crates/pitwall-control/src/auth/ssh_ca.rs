@@ -196,7 +196,12 @@ mod tests {
         let public = user.public_key().to_openssh().expect("openssh");
         let principal = vm_principal("0193f1d2-0000-7000-8000-000000000000");
         let issued = ca
-            .sign_user(&public, std::slice::from_ref(&principal), "alice", DEFAULT_TTL)
+            .sign_user(
+                &public,
+                std::slice::from_ref(&principal),
+                "alice",
+                DEFAULT_TTL,
+            )
             .expect("signed");
         let cert = Certificate::from_openssh(&issued.certificate).expect("parse");
         assert_eq!(cert.valid_principals(), [principal]);
