@@ -556,6 +556,24 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// The `Upgrade` token of `GET /v1/vms/{name}/connect/{service}`.
+pub const CONNECT_PROTOCOL: &str = "pitwall-connect/1";
+
+/// The error an unsuccessful answer carries (the API's JSON error, else its text).
+fn error_of(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => ClientError::Api {
+            status: status.as_u16(),
+            code: b.error.code,
+            message: b.error.message,
+        },
+        Err(_) => ClientError::Decode {
+            status: status.as_u16(),
+            why: String::from_utf8_lossy(body).chars().take(500).collect(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,23 +646,5 @@ mod tests {
             .build("https://127.0.0.1:1")
             .unwrap_err();
         assert!(matches!(e, ClientError::Tls { .. }), "{e:?}");
-    }
-}
-
-/// The `Upgrade` token of `GET /v1/vms/{name}/connect/{service}`.
-pub const CONNECT_PROTOCOL: &str = "pitwall-connect/1";
-
-/// The error an unsuccessful answer carries (the API's JSON error, else its text).
-fn error_of(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) => ClientError::Api {
-            status: status.as_u16(),
-            code: b.error.code,
-            message: b.error.message,
-        },
-        Err(_) => ClientError::Decode {
-            status: status.as_u16(),
-            why: String::from_utf8_lossy(body).chars().take(500).collect(),
-        },
     }
 }
