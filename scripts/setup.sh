@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(qemu-system-x86 e2fsprogs erofs-utils nftables iproute2 busybox-static kmod tar ca-certificates docker-registry skopeo apache2-utils openssl)
+PACKAGES=(qemu-system-x86 e2fsprogs erofs-utils nftables iproute2 openssh-server busybox-static kmod tar ca-certificates docker-registry skopeo apache2-utils openssl)
 CACHE_DIR="${PITWALL_CACHE_DIR:-/var/cache/pitwall}"
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
@@ -37,7 +37,20 @@ for p in "${PACKAGES[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
-    apt_install "${missing[@]}"
+    # The packages are tools for Pitwall and its tests: none of their services (sshd,
+    # docker-registry, ...) may start on this machine because of the install. Tests start what
+    # they need themselves, on loopback. policy-rc.d tells Debian's maintainer scripts so; one
+    # that exists already is left alone.
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        policy=/usr/sbin/policy-rc.d
+    fi
+    status=0
+    apt_install "${missing[@]}" || status=$?
+    [ -n "$policy" ] && as_root rm -f "$policy"
+    [ "$status" -eq 0 ] || exit "$status"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -115,6 +115,8 @@ pub enum Command {
     Delegate(DelegateCommand),
     /// Let another user connect to your VM (ssh, proxy, port-forward); list or revoke grants
     Grant(GrantArgs),
+    /// Open a shell on a VM, or run a command there, over SSH through the edge
+    Ssh(SshArgs),
     /// Carry stdin/stdout to a VM's service (for OpenSSH's ProxyCommand, scp, editors)
     Proxy(ProxyArgs),
     /// Forward a local TCP port to a port of a VM, through the edge (no host port is opened)
@@ -139,6 +141,7 @@ impl Command {
             Command::Vm(VmCommand::Console(a)) => Some(&a.name),
             Command::Grant(a) => Some(&a.vm),
             Command::Proxy(a) => Some(&a.vm),
+            Command::Ssh(a) => Some(&a.vm),
             Command::PortForward(a) => Some(&a.vm),
             _ => None,
         }
@@ -472,6 +475,25 @@ pub struct GrantArgs {
     /// Take the user's access back instead
     #[arg(long, requires = "user")]
     pub revoke: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// The VM (`NAME` or `OWNER:NAME`)
+    pub vm: String,
+    /// Log in as this user in the VM
+    #[arg(short = 'l', long = "login", default_value = "root")]
+    pub user: String,
+    /// Ask for a terminal even with a command (default: only for a shell on a terminal)
+    #[arg(short = 't', conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// Never ask for a terminal
+    #[arg(short = 'T')]
+    pub no_tty: bool,
+    /// Run this command instead of a shell (`pitwall ssh web -- ls -l /`); the exit status is
+    /// the command's
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub mod image;
 pub mod login;
 pub mod proxy;
 pub mod quota;
+pub mod ssh;
 pub mod user;
 pub mod vm;
 
@@ -72,6 +73,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Delegate(c) => delegate::run(ctx, c).await,
         Command::Grant(a) => grant::run(ctx, a).await,
         Command::Proxy(a) => proxy::proxy(ctx, a).await,
+        Command::Ssh(a) => ssh::run(ctx, a).await,
         Command::PortForward(a) => proxy::port_forward(ctx, a).await,
         Command::Audit(a) => audit::run(ctx, a).await,
         Command::Cert(c) => cert::run(ctx, c).await,

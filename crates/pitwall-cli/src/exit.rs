@@ -113,7 +113,33 @@ impl Failure {
     pub fn exit(&self) -> Exit {
         exit_code(&self.error)
     }
+
+    /// The process exit status: a remote command's own (`pitwall ssh`), else [`Self::exit`].
+    pub fn status(&self) -> u8 {
+        match self.error.downcast_ref::<RemoteExit>() {
+            Some(r) => r.0,
+            None => self.exit().code(),
+        }
+    }
+
+    /// Nothing to print: a remote command's non-zero exit is not pitwall's error.
+    pub fn is_silent(&self) -> bool {
+        self.error.downcast_ref::<RemoteExit>().is_some()
+    }
 }
+
+/// A remote command (`pitwall ssh VM -- CMD`) ended with this non-zero status; `pitwall`
+/// exits with it, as OpenSSH's client does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteExit(pub u8);
+
+impl fmt::Display for RemoteExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the remote command exited with status {}", self.0)
+    }
+}
+
+impl std::error::Error for RemoteExit {}
 
 /// `error: ...` and, when there is one, `hint: ...`; each on its own line.
 impl fmt::Display for Failure {

@@ -21,6 +21,7 @@ pub mod oauth;
 pub mod output;
 pub mod progress;
 pub mod session;
+pub mod ssh;
 
 pub use cli::Cli;
 pub use endpoint::{EnvVars, TlsFiles};

@@ -31,8 +31,10 @@ fn main() -> ExitCode {
     match runtime.block_on(pitwall_cli::run(cli, EnvVars::from_process())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprint!("{failure}");
-            ExitCode::from(failure.exit().code())
+            if !failure.is_silent() {
+                eprint!("{failure}");
+            }
+            ExitCode::from(failure.status())
         }
     }
 }
