@@ -22,34 +22,4 @@ pub trait Dialer: Send + Sync + 'static {
     async fn dial(&self, identity: &str, service: &str) -> Result<Box<dyn Conn>, String>;
 }
 
-/// The overlay identity of a VM.
-pub fn identity(owner: &str, vm_name: &str) -> String {
-    format!("{owner}-{vm_name}")
-}
-
-/// The services a VM offers: `ssh`, then `tcp-PORT` for its exposed TCP ports, in order.
-pub fn services(exposed_ports: &[String]) -> Vec<String> {
-    let mut out = vec!["ssh".to_string()];
-    for p in exposed_ports {
-        let (port, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
-        if proto.eq_ignore_ascii_case("tcp") && port.parse::<u16>().is_ok_and(|n| n > 0) {
-            let s = format!("tcp-{port}");
-            if !out.contains(&s) {
-                out.push(s);
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_vm_offers_ssh_and_its_exposed_tcp_ports() {
-        let ports = ["8080/tcp", "53/udp", "9000", "8080/tcp", "0/tcp", "x/tcp"].map(String::from);
-        assert_eq!(services(&ports), ["ssh", "tcp-8080", "tcp-9000"]);
-        assert_eq!(identity("alice", "web"), "alice-web");
-    }
-}
+pub use pitwall_core::overlay::{identity, services};

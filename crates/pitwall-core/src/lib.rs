@@ -8,6 +8,7 @@
 
 pub mod image_ref;
 pub mod name;
+pub mod overlay;
 pub mod policy;
 pub mod spec;
 pub mod state;

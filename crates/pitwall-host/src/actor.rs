@@ -44,6 +44,8 @@ struct Actor {
     reported: u64,
     /// The VM's NIC once attached to the host network (none without host networking).
     nic: Option<pitwall_net::VmNic>,
+    /// The image's `ExposedPorts`, reported with every status for the terminator.
+    ports: Vec<String>,
 }
 
 impl Host {
@@ -67,6 +69,7 @@ impl Host {
             status: status.clone(),
             save_lock: save_lock.clone(),
             nic: None,
+            ports: Vec::new(),
         };
         self.inner
             .vms
@@ -122,6 +125,17 @@ impl Actor {
             }
             Ok(None) => {}
             Err(e) => warn!(vm = self.name(), error = %e, "cannot re-attach"),
+        }
+        if self.inst.is_some() {
+            // Running on: its statuses name its services, so the terminator can find them.
+            if let Ok(reference) = ImageRef::parse(&self.rec.wish.spec.image) {
+                let images = self.host.inner.images.clone();
+                if let Ok(Ok(Some(image))) =
+                    tokio::task::spawn_blocking(move || images.get(&reference)).await
+                {
+                    self.ports = image.config.exposed_ports;
+                }
+            }
         }
         if self.inst.is_none() && self.rec.state.may_have_vmm() {
             // It ran when the host daemon went away, and its VMM is gone now.
@@ -217,6 +231,7 @@ impl Actor {
                 .as_ref()
                 .map(|n| n.ip.to_string())
                 .unwrap_or_default(),
+            exposed_ports: self.ports.clone(),
         }
     }
 
@@ -239,7 +254,7 @@ impl Actor {
     }
 
     /// Everything but the VMM: the image's base, the data disk (once), the config disk.
-    async fn prepare(&self) -> Result<VmConfig, String> {
+    async fn prepare(&mut self) -> Result<VmConfig, String> {
         let spec = &self.rec.wish.spec;
         let reference = ImageRef::parse(&spec.image).map_err(|e| e.to_string())?;
         let images = self.host.inner.images.clone();
@@ -254,6 +269,8 @@ impl Actor {
                     self.host.inner.cfg.name
                 )
             })?;
+        self.ports = image.config.exposed_ports.clone();
+        let spec = &self.rec.wish.spec;
         let (data, config) = self.disk_paths();
         let disk_mib = spec.disk_mib;
         let c = &image.config;

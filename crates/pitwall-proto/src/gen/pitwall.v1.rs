@@ -191,6 +191,9 @@ pub struct VmStatus {
     /// The VM's IPv4 address on its host's bridge, once it has one (empty: none).
     #[prost(string, tag = "8")]
     pub address: ::prost::alloc::string::String,
+    /// The image's ExposedPorts ("8080/tcp", ...), for the terminator's services.
+    #[prost(string, repeated, tag = "9")]
+    pub exposed_ports: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// host → control, routing key orchestrator.host.heartbeat.<host>.
 #[derive(Clone, PartialEq, ::prost::Message)]
