@@ -117,6 +117,17 @@ pub enum Command {
     Grant(GrantArgs),
     /// Open a shell on a VM, or run a command there, over SSH through the edge
     Ssh(SshArgs),
+    /// OpenSSH configuration for your VMs (`ssh web.pitwall`, scp, editors), through the edge
+    SshConfig {
+        /// Write it to $XDG_CONFIG_HOME/pitwall/ssh/config instead of printing it
+        #[arg(long)]
+        write: bool,
+    },
+    /// Renew the OpenSSH certificate of a VM (what `ssh-config`'s `Match exec` runs)
+    SshCertificate {
+        /// The VM (`NAME` or `OWNER:NAME`)
+        vm: String,
+    },
     /// Carry stdin/stdout to a VM's service (for OpenSSH's ProxyCommand, scp, editors)
     Proxy(ProxyArgs),
     /// Forward a local TCP port to a port of a VM, through the edge (no host port is opened)
@@ -142,6 +153,7 @@ impl Command {
             Command::Grant(a) => Some(&a.vm),
             Command::Proxy(a) => Some(&a.vm),
             Command::Ssh(a) => Some(&a.vm),
+            Command::SshCertificate { vm } => Some(vm),
             Command::PortForward(a) => Some(&a.vm),
             _ => None,
         }

@@ -197,3 +197,35 @@ async fn a_certificate_for_another_vm_or_a_changed_host_key_is_refused() {
     assert!(e.to_string().contains("host key"), "{e:#}");
     assert!(e.to_string().contains("changed"), "{e:#}");
 }
+
+#[test]
+fn openssh_reads_the_generated_configuration_as_meant() {
+    if Command::new("ssh").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: no OpenSSH client (apt-get install openssh-client)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vms = [("alice".to_string(), "web".to_string())];
+    // `true` stands in for pitwall: its `ssh-certificate` "succeeds", so the Match applies.
+    let text = pitwall_cli::commands::ssh::render_config(&vms, "alice", dir.path(), "true");
+    let cfg = dir.path().join("config");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new("ssh")
+        .arg("-G")
+        .arg("-F")
+        .arg(&cfg)
+        .arg("web.pitwall")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resolved = String::from_utf8_lossy(&out.stdout);
+    let d = dir.path().display();
+    for line in [
+        "user root".to_string(),
+        "proxycommand true proxy alice:web ssh".to_string(),
+        format!("certificatefile {d}/alice-web-cert.pub"),
+        format!("identityfile {d}/id_ed25519"),
+    ] {
+        assert!(resolved.lines().any(|l| l == line), "{line:?} not in:\n{resolved}");
+    }
+}
