@@ -217,7 +217,11 @@ fn openssh_reads_the_generated_configuration_as_meant() {
         .arg("web.pitwall")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let resolved = String::from_utf8_lossy(&out.stdout);
     let d = dir.path().display();
     for line in [
@@ -226,6 +230,9 @@ fn openssh_reads_the_generated_configuration_as_meant() {
         format!("certificatefile {d}/alice-web-cert.pub"),
         format!("identityfile {d}/id_ed25519"),
     ] {
-        assert!(resolved.lines().any(|l| l == line), "{line:?} not in:\n{resolved}");
+        assert!(
+            resolved.lines().any(|l| l == line),
+            "{line:?} not in:\n{resolved}"
+        );
     }
 }

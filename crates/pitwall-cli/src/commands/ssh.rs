@@ -200,9 +200,9 @@ pub fn render_config(
     pitwall: &str,
 ) -> String {
     let d = dir.display();
-    let mut out = format!(
+    let mut out = String::from(
         "# Written by `pitwall ssh-config`: VMs reached through Pitwall's edge (no host port).\n\
-         # Include it from ~/.ssh/config, e.g. `Include ~/.config/pitwall/ssh/config`.\n"
+         # Include it from ~/.ssh/config, e.g. `Include ~/.config/pitwall/ssh/config`.\n",
     );
     for (owner, name) in vms {
         let vm = format!("{owner}:{name}");
