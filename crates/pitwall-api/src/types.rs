@@ -92,6 +92,11 @@ pub struct Image {
     /// How many VMs (not DELETED) use it, the caller's or not.
     #[serde(default)]
     pub used_by_count: u64,
+    /// What the host's cache knows of it: `os`, `architecture`, `base_format` (erofs or
+    /// ext4), `unpacked_bytes`, `layers` (blob digests), `config_digest`, `format`. Absent
+    /// for images registered before this was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 /// `POST /v1/vms/{name}/ssh/certificate`: sign a public key for SSH into one VM.

@@ -250,6 +250,30 @@ pub fn image_details(image: &Image, now: OffsetDateTime) -> String {
         ),
         ("used by", used_by(image)),
     ];
+    let detail = |k: &str| {
+        image
+            .details
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .filter(|v| !v.is_null())
+    };
+    if let (Some(os), Some(arch)) = (detail("os"), detail("architecture")) {
+        let s = |v: &serde_json::Value| v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
+        pairs.push(("platform", format!("{}/{}", s(os), s(arch))));
+    }
+    if let Some(f) = detail("base_format").and_then(|v| v.as_str()) {
+        pairs.push(("base format", f.to_string()));
+    }
+    if let Some(n) = detail("unpacked_bytes").and_then(|v| v.as_u64()) {
+        pairs.push(("unpacked", bytes(n)));
+    }
+    if let Some(layers) = detail("layers").and_then(|v| v.as_array()) {
+        let list: Vec<String> = layers
+            .iter()
+            .filter_map(|l| l.as_str().map(short_digest))
+            .collect();
+        pairs.push(("layers", format!("{} ({})", list.len(), list.join(" "))));
+    }
     let config: Vec<(String, String)> = match &image.config {
         serde_json::Value::Object(map) => map
             .iter()
@@ -402,14 +426,19 @@ database-1   ada     PENDING   demo/hello:1.0   2       512MiB   2GiB   -       
             owner: "alice".into(),
             used_by: vec!["alice:web".into()],
             used_by_count: 2,
+            details: Some(serde_json::json!({
+                "os": "linux", "architecture": "amd64", "base_format": "erofs",
+                "layers": ["sha256:aaaaaaaaaaaaaaaaaaaaaaaa"]
+            })),
         };
         let text = image_details(&image, NOW);
         assert!(text.contains("owner:"), "{text}");
+        assert!(text.contains("linux/amd64") && text.contains("erofs"), "{text}");
         assert!(
             text.contains("alice:web and 1 VM(s) of other users\n"),
             "{text}"
         );
-        assert!(text.contains("config.cmd: [\"/hello\"]\n"), "{text}");
+        assert!(text.contains("config.cmd:  [\"/hello\"]\n"), "{text}");
         assert!(!text.contains("config.user"), "{text}");
         assert!(image_table(&[image], NOW).contains("sha256:0123456789ab "));
     }

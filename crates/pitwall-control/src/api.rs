@@ -258,6 +258,7 @@ pub(crate) fn image_json(i: &ImageRecord) -> pitwall_api::Image {
         owner: i.owner.clone(),
         used_by: Vec::new(),
         used_by_count: 0,
+        details: (!i.details.is_null()).then(|| i.details.clone()),
     }
 }
 

@@ -511,6 +511,7 @@ pub(crate) fn image_record(reference: &str, host: &str) -> ImageRecord {
         host: host.to_owned(),
         owner: "admin".to_owned(),
         created_at: OffsetDateTime::now_utc(),
+        details: serde_json::Value::Null,
     }
 }
 

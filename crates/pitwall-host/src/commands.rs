@@ -322,13 +322,17 @@ impl Host {
     async fn import(&self, reference: &str, archive: &Path, remove: bool) -> ImageStatus {
         let path = archive.to_path_buf();
         let (mut st, info) = self
-            .image_job(reference, move |images, r| images.import(&path, r))
+            .image_job(reference, move |images, r| {
+                let info = images.import(&path, r)?;
+                Ok((info, details_json(images, r)))
+            })
             .await;
         if remove {
             let _ = std::fs::remove_file(archive);
         }
-        if let Some(info) = info {
+        if let Some((info, details)) = info {
             info!(image = reference, digest = info.digest, "image imported");
+            st.details_json = details;
             st.digest = info.digest;
             st.size_bytes = info.size_bytes;
             st.config_json = serde_json::to_string(&info.config).unwrap_or_default();
@@ -371,14 +375,17 @@ impl Host {
                         });
                     }
                 };
-                rt.block_on(pitwall_image::registry::pull(images, r, &opts, &progress))
+                let info =
+                    rt.block_on(pitwall_image::registry::pull(images, r, &opts, &progress))?;
+                Ok((info, details_json(images, r)))
             })
             .await;
         // The job (and its sender) is gone: the relay ends once every report is out.
         let _ = relay.await;
         match info {
-            Some(info) => {
+            Some((info, details)) => {
                 info!(image = reference, digest = info.digest, "image pulled");
+                st.details_json = details;
                 st.digest = info.digest;
                 st.size_bytes = info.size_bytes;
                 st.config_json = serde_json::to_string(&info.config).unwrap_or_default();
@@ -473,6 +480,28 @@ fn tail(path: &Path, max: u64) -> Result<(Vec<u8>, bool), String> {
         .read_to_end(&mut buf)
         .map_err(|e| e.to_string())?;
     Ok((buf, start > 0))
+}
+
+/// What the cache knows of a just-built image, as the control plane keeps it (no host paths);
+/// empty when it cannot be read (the image itself is fine).
+fn details_json(images: &ImageCache, r: &ImageRef) -> String {
+    match images.inspect(r) {
+        Ok(Some(d)) => serde_json::json!({
+            "os": d.os,
+            "architecture": d.architecture,
+            "base_format": d.base_format,
+            "unpacked_bytes": d.unpacked_bytes,
+            "layers": d.layers,
+            "config_digest": d.config_digest,
+            "format": d.format,
+        })
+        .to_string(),
+        Ok(None) => String::new(),
+        Err(e) => {
+            warn!(image = %r, error = %e, "cannot read the image's details");
+            String::new()
+        }
+    }
 }
 
 #[cfg(test)]

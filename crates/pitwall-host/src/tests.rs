@@ -73,7 +73,9 @@ fn spec(name: &str, image: &str) -> VmSpec {
         disk_mib: 8,
         owner: "alice".into(),
         run: None,
-        ssh_ca_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxs8bLMq4GUuqzeL2ecgH2K5GXuKdZx9mIUN6DPRafp ca".into(),
+        ssh_ca_public_key:
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxs8bLMq4GUuqzeL2ecgH2K5GXuKdZx9mIUN6DPRafp ca"
+                .into(),
         ssh_authorized_keys: vec![],
     }
 }
@@ -853,6 +855,10 @@ async fn import_of_a_layout_tar_answers_ok_with_digest_and_config_and_removes_th
     assert!(st.size_bytes > 0);
     let config: ImageConfig = serde_json::from_str(&st.config_json).unwrap();
     assert_eq!(config.cmd, ["/bin/true"]);
+    let details: serde_json::Value = serde_json::from_str(&st.details_json).unwrap();
+    assert_eq!(details["base_format"], "erofs");
+    assert_eq!(details["os"], "linux");
+    assert_eq!(details["layers"].as_array().map(Vec::len), Some(1));
     assert!(!archive.exists());
 }
 

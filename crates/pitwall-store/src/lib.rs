@@ -137,6 +137,10 @@ pub struct ImageRecord {
     /// Username of whoever imported it (only they or an admin may replace or remove it).
     pub owner: String,
     pub created_at: OffsetDateTime,
+    /// What the host's cache knows of the built image (os, architecture, base format,
+    /// layers, ...); `Null` for images registered before it was kept.
+    #[serde(default)]
+    pub details: serde_json::Value,
 }
 
 /// A local user of the built-in issuer (embedded default). External OIDC users are never

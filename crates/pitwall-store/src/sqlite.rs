@@ -73,7 +73,7 @@ macro_rules! vm_columns {
 
 macro_rules! image_columns {
     () => {
-        "reference, digest, size_bytes, config, host, owner, created_at"
+        "reference, digest, size_bytes, config, host, owner, created_at, details"
     };
 }
 
@@ -125,9 +125,10 @@ const EVENTS_SINCE: &str = "SELECT e.seq, e.vm_id, e.vm_name, e.state, e.generat
 const PUT_IMAGE: &str = concat!(
     "INSERT INTO images (",
     image_columns!(),
-    ") VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reference) DO UPDATE SET \
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reference) DO UPDATE SET \
      digest = excluded.digest, size_bytes = excluded.size_bytes, config = excluded.config, \
-     host = excluded.host, owner = excluded.owner, created_at = excluded.created_at"
+     host = excluded.host, owner = excluded.owner, created_at = excluded.created_at, \
+     details = excluded.details"
 );
 const GET_IMAGE: &str = concat!(
     "SELECT ",
@@ -487,6 +488,7 @@ impl Store for SqliteStore {
             .bind(&image.host)
             .bind(&image.owner)
             .bind(encode_time("created_at", image.created_at)?)
+            .bind((!image.details.is_null()).then(|| image.details.to_string()))
             .execute(&self.pool)
             .await?;
         tracing::debug!(image = %image.reference, digest = %image.digest, "image registered");

@@ -315,6 +315,7 @@ async fn import_image(
         owner: "alice".into(),
         used_by: Vec::new(),
         used_by_count: 0,
+        details: None,
     })
     .into_response()
 }
@@ -340,6 +341,7 @@ fn image_named(reference: &str) -> Option<Image> {
             Vec::new()
         },
         used_by_count: u64::from(used),
+        details: None,
     })
 }
 

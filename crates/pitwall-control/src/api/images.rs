@@ -273,6 +273,7 @@ async fn register(
         host: st.host,
         owner: caller.username.clone(),
         created_at: OffsetDateTime::now_utc(),
+        details: serde_json::from_str(&st.details_json).unwrap_or(serde_json::Value::Null),
     };
     c.inner.store.put_image(&record).await?;
     Ok(record)
@@ -541,6 +542,7 @@ mod tests {
                     digest: digest.clone(),
                     size_bytes: 1234,
                     config_json: r#"{"Cmd":["/bin/hello"]}"#.into(),
+                    details_json: r#"{"os":"linux","architecture":"amd64","base_format":"erofs","layers":["sha256:aa"]}"#.into(),
                     ..Default::default()
                 }),
             )
@@ -551,6 +553,14 @@ mod tests {
         assert_eq!(image.reference, "x/y:1");
         assert_eq!(image.digest, digest);
         assert_eq!(image.config["Cmd"][0], "/bin/hello");
+        let details = image.details.clone().expect("details kept");
+        assert_eq!(
+            (
+                details["base_format"].as_str(),
+                details["layers"][0].as_str()
+            ),
+            (Some("erofs"), Some("sha256:aa"))
+        );
 
         let list: pitwall_api::ImageList = h.get("/v1/images").await.json();
         assert!(list.images.contains(&image), "{list:?}");

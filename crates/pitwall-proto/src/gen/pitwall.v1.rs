@@ -323,6 +323,10 @@ pub struct ImageStatus {
     /// Set when !ok: the kind of failure.
     #[prost(enumeration = "ImageErrorKind", tag = "9")]
     pub error_kind: i32,
+    /// What the host's cache knows of the built image, as JSON (os, architecture, base_format,
+    /// unpacked_bytes, layers, config_digest, format); empty when unknown.
+    #[prost(string, tag = "10")]
+    pub details_json: ::prost::alloc::string::String,
 }
 /// Desired state of the VM, as the control plane stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -169,7 +169,14 @@ pub(super) fn decode_image(row: &SqliteRow) -> Result<ImageRecord, StoreError> {
         at: format!("images row {reference}"),
     };
     let config: String = c.get("config")?;
+    let details: Option<String> = c.get("details")?;
+    let details = match details {
+        Some(d) => serde_json::from_str(&d)
+            .map_err(|e| c.corrupt("details", format_args!("not JSON: {e}")))?,
+        None => serde_json::Value::Null,
+    };
     Ok(ImageRecord {
+        details,
         config: serde_json::from_str(&config)
             .map_err(|e| c.corrupt("config", format_args!("not JSON: {e}")))?,
         digest: c.get("digest")?,

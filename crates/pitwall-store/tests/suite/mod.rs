@@ -215,6 +215,7 @@ fn image(reference: &str, digest: &str) -> ImageRecord {
         host: "h1".to_string(),
         owner: "alice".to_string(),
         created_at: OffsetDateTime::now_utc(),
+        details: serde_json::json!({"os": "linux", "architecture": "amd64", "layers": ["sha256:aa"]}),
     }
 }
 
