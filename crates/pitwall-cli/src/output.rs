@@ -258,7 +258,11 @@ pub fn image_details(image: &Image, now: OffsetDateTime) -> String {
             .filter(|v| !v.is_null())
     };
     if let (Some(os), Some(arch)) = (detail("os"), detail("architecture")) {
-        let s = |v: &serde_json::Value| v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
+        let s = |v: &serde_json::Value| {
+            v.as_str()
+                .map(String::from)
+                .unwrap_or_else(|| v.to_string())
+        };
         pairs.push(("platform", format!("{}/{}", s(os), s(arch))));
     }
     if let Some(f) = detail("base_format").and_then(|v| v.as_str()) {
@@ -433,7 +437,10 @@ database-1   ada     PENDING   demo/hello:1.0   2       512MiB   2GiB   -       
         };
         let text = image_details(&image, NOW);
         assert!(text.contains("owner:"), "{text}");
-        assert!(text.contains("linux/amd64") && text.contains("erofs"), "{text}");
+        assert!(
+            text.contains("linux/amd64") && text.contains("erofs"),
+            "{text}"
+        );
         assert!(
             text.contains("alice:web and 1 VM(s) of other users\n"),
             "{text}"
