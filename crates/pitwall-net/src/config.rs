@@ -88,6 +88,19 @@ impl NetConfig {
             .unwrap_or_else(|| Ipv4Addr::from(u32::from(self.network().network()) + 1))
     }
 
+    /// What VM `vm_id` holding address `ip` is wired with under this configuration.
+    pub fn nic(&self, vm_id: crate::VmId, ip: Ipv4Addr) -> crate::VmNic {
+        crate::VmNic {
+            vm_id,
+            tap: crate::tap_name(vm_id),
+            mac: crate::mac_address(vm_id),
+            ip,
+            prefix_len: self.network().prefix_len(),
+            gateway: self.gateway(),
+            dns: self.dns.clone(),
+        }
+    }
+
     /// Checks names and that gateway and pool lie inside the subnet.
     pub fn validate(&self) -> Result<(), NetError> {
         check_ifname("bridge", &self.bridge)?;

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use crate::ipam::{IpamState, Pool};
-use crate::{mac_address, tap_name, NetConfig, NetError, Network, VmId, VmNic};
+use crate::{tap_name, NetConfig, NetError, Network, VmId, VmNic};
 
 struct State {
     pool: Pool,
@@ -54,18 +54,6 @@ impl FakeNetwork {
     pub fn attached(&self) -> Vec<VmNic> {
         self.lock().attached.values().cloned().collect()
     }
-
-    fn nic_for(&self, vm_id: VmId, ip: std::net::Ipv4Addr) -> VmNic {
-        VmNic {
-            vm_id,
-            tap: tap_name(vm_id),
-            mac: mac_address(vm_id),
-            ip,
-            prefix_len: self.config.network().prefix_len(),
-            gateway: self.config.gateway(),
-            dns: self.config.dns.clone(),
-        }
-    }
 }
 
 impl Default for FakeNetwork {
@@ -95,7 +83,7 @@ impl Network for FakeNetwork {
             });
         }
         let ip = st.pool.allocate(vm_id)?.ip;
-        let nic = self.nic_for(vm_id, ip);
+        let nic = self.config.nic(vm_id, ip);
         st.attached.insert(vm_id, nic.clone());
         Ok(nic)
     }
@@ -109,7 +97,7 @@ impl Network for FakeNetwork {
 
     async fn nic(&self, vm_id: VmId) -> Result<Option<VmNic>, NetError> {
         let ip = self.lock().pool.get(vm_id);
-        Ok(ip.map(|ip| self.nic_for(vm_id, ip)))
+        Ok(ip.map(|ip| self.config.nic(vm_id, ip)))
     }
 }
 

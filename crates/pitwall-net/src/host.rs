@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 use crate::firewall::{self, FirewallSpec};
 use crate::ipam::FileIpam;
 use crate::link::Netlink;
-use crate::{mac_address, tap, tap_name, NetConfig, NetError, Network, VmId, VmNic};
+use crate::{tap, tap_name, NetConfig, NetError, Network, VmId, VmNic};
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -70,18 +70,6 @@ impl HostNetwork {
             info!(bridge = %self.config.bridge, "bridge removed");
         }
         Ok(())
-    }
-
-    fn nic_for(&self, vm_id: VmId, ip: Ipv4Addr) -> VmNic {
-        VmNic {
-            vm_id,
-            tap: tap_name(vm_id),
-            mac: mac_address(vm_id),
-            ip,
-            prefix_len: self.config.network().prefix_len(),
-            gateway: self.config.gateway(),
-            dns: self.config.dns.clone(),
-        }
     }
 
     async fn wire_tap(&self, nl: &Netlink, tap_dev: &str) -> Result<(), NetError> {
@@ -170,7 +158,7 @@ impl Network for HostNetwork {
 
     async fn attach_vm(&self, vm_id: VmId) -> Result<VmNic, NetError> {
         let alloc = self.ipam.allocate(vm_id)?;
-        let nic = self.nic_for(vm_id, alloc.ip);
+        let nic = self.config.nic(vm_id, alloc.ip);
         let nl = Netlink::connect()?;
         if let Err(e) = self.wire_tap(&nl, &nic.tap).await {
             if alloc.new {
@@ -200,7 +188,7 @@ impl Network for HostNetwork {
     }
 
     async fn nic(&self, vm_id: VmId) -> Result<Option<VmNic>, NetError> {
-        Ok(self.ipam.get(vm_id)?.map(|ip| self.nic_for(vm_id, ip)))
+        Ok(self.ipam.get(vm_id)?.map(|ip| self.config.nic(vm_id, ip)))
     }
 }
 

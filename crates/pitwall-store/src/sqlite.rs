@@ -228,6 +228,26 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.pool.begin_with(BEGIN_WRITE).await?)
     }
+
+    /// Runs `sql` (`UPDATE vms SET <column> = ?, updated_at = ? WHERE id = ?`) for one VM;
+    /// [`StoreError::NoSuchVm`] when there is none.
+    async fn set_vm_column(
+        &self,
+        sql: &'static str,
+        id: VmId,
+        value: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(sql)
+            .bind(value)
+            .bind(now()?)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchVm(id.to_string()));
+        }
+        Ok(())
+    }
 }
 
 /// Semantics, for every implementation of [`Store`] (the suite in `tests/suite/` pins them):
@@ -390,29 +410,13 @@ impl Store for SqliteStore {
     }
 
     async fn set_host(&self, id: VmId, host: &str) -> Result<(), StoreError> {
-        let done = sqlx::query(SET_HOST)
-            .bind(host)
-            .bind(now()?)
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NoSuchVm(id.to_string()));
-        }
+        self.set_vm_column(SET_HOST, id, Some(host)).await?;
         tracing::debug!(vm_id = %id, host, "VM placed");
         Ok(())
     }
 
     async fn set_address(&self, id: VmId, address: Option<&str>) -> Result<(), StoreError> {
-        let done = sqlx::query(SET_ADDRESS)
-            .bind(address)
-            .bind(now()?)
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NoSuchVm(id.to_string()));
-        }
+        self.set_vm_column(SET_ADDRESS, id, address).await?;
         tracing::debug!(vm_id = %id, address, "VM address recorded");
         Ok(())
     }
