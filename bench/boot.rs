@@ -107,6 +107,7 @@ async fn bare_boot(d: &Daemon, work: &Path, i: usize) -> anyhow::Result<f64> {
                 read_only: true,
             },
         ],
+        nic: None,
         accel: pitwall_vmm::Accel::Auto,
     };
     let line = pitwall_vmm::qemu::QemuVmm::default().command_line(&cfg)?;

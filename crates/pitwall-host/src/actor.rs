@@ -291,6 +291,7 @@ impl Actor {
             user: run.user,
             base_label: pitwall_vmm::BASE_LABEL.into(),
             data_label: pitwall_vmm::DATA_LABEL.into(),
+            network: None,
         };
         let (d, c) = (data.clone(), config.clone());
         let templates = self.host.inner.cfg.data_dir.join("disk-templates");
@@ -330,6 +331,7 @@ impl Actor {
                     read_only: true,
                 },
             ],
+            nic: None,
             accel: self.host.inner.cfg.accel,
         })
     }

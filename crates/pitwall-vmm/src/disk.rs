@@ -298,6 +298,13 @@ mod tests {
             user: "1000:1000".into(),
             base_label: crate::BASE_LABEL.into(),
             data_label: crate::DATA_LABEL.into(),
+            network: Some(pitwall_proto::v1::GuestNetwork {
+                mac: "52:54:00:12:34:56".into(),
+                address: "172.30.0.5/16".into(),
+                gateway: "172.30.0.1".into(),
+                dns: vec!["172.30.0.1".into()],
+                hosts: vec!["172.30.0.1 gateway".into()],
+            }),
         }
     }
 

@@ -82,6 +82,21 @@ pub struct Disk {
     pub read_only: bool,
 }
 
+/// The VM's network interface: a virtio-net device on a host TAP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The host TAP device (already created and attached to the bridge by the host's
+    /// networking; the driver only opens it).
+    pub tap: String,
+    /// The guest NIC's MAC ("52:54:00:12:34:56"): the same one goes into the config disk's
+    /// `GuestNetwork.mac`, by which powerunit finds the interface.
+    pub mac: String,
+    /// The network namespace the TAP lives in, as a path (`/run/netns/NAME`, or
+    /// `/proc/PID/ns/net`); the driver starts the VMM inside it (`setns(2)` between fork and
+    /// exec). `None`: the namespace of the caller.
+    pub netns: Option<PathBuf>,
+}
+
 /// Everything a driver needs to boot one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -96,6 +111,8 @@ pub struct VmConfig {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub disks: Vec<Disk>,
+    /// The VM's NIC; `None`: no network device at all (the guest has loopback only).
+    pub nic: Option<Nic>,
     pub accel: Accel,
 }
 

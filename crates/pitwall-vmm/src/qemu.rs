@@ -33,7 +33,7 @@ pub use instance::QemuInstance;
 use process::VmmProcess;
 
 use crate::accel::{detect_accel, host_tsc_khz};
-use crate::{Accel, VmConfig, VmInstance, Vmm, VmmError};
+use crate::{Accel, Nic, VmConfig, VmInstance, Vmm, VmmError};
 
 pub const QEMU_PID: &str = "qemu.pid";
 pub const QMP_SOCK: &str = "qmp.sock";
@@ -176,6 +176,19 @@ pub fn qemu_args(
             &format!("virtio-blk-device,drive=disk{i}"),
         ]);
     }
+    if let Some(nic) = &cfg.nic {
+        // vhost=off: vhost-net needs /dev/vhost-net and KVM; the device works the same without.
+        let netdev = format!(
+            "tap,id=net0,ifname={},script=no,downscript=no,vhost=off",
+            opt(&nic.tap)
+        );
+        push(&[
+            "-netdev",
+            &netdev,
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={}", opt(&nic.mac)),
+        ]);
+    }
     // seccomp; `elevateprivileges=deny` would also block the setsid(2) of `-daemonize` (QEMU
     // exits 1 without a message) and `spawn=deny` its fork, so those two stay allowed.
     push(&["-sandbox", "on,obsolete=deny,resourcecontrol=deny"]);
@@ -249,6 +262,9 @@ impl QemuVmm {
                 ));
             }
         }
+        if let Some(nic) = &cfg.nic {
+            check_nic(nic).map_err(|why| Self::launch_err(vm, why))?;
+        }
         if cfg.memory_mib < 64 {
             return Err(Self::launch_err(
                 vm,
@@ -260,6 +276,59 @@ impl QemuVmm {
         }
         Ok(())
     }
+}
+
+/// What QEMU would refuse less clearly (or the guest not find): the TAP's name, the MAC's
+/// form, the namespace's existence.
+fn check_nic(nic: &Nic) -> Result<(), String> {
+    let tap = &nic.tap;
+    if tap.is_empty() || tap.len() > 15 || tap.contains(['/', ',', ' ', ':']) {
+        return Err(format!(
+            "TAP name {tap:?} is not an interface name (1 to 15 bytes, no '/', ',', ':' or spaces)"
+        ));
+    }
+    let octets: Vec<&str> = nic.mac.split(':').collect();
+    let mac_ok = octets.len() == 6
+        && octets
+            .iter()
+            .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !mac_ok {
+        return Err(format!(
+            "MAC {:?} is not six hex pairs like 52:54:00:12:34:56",
+            nic.mac
+        ));
+    }
+    if let Some(ns) = &nic.netns {
+        if !ns.exists() {
+            return Err(format!("network namespace {} does not exist", ns.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Make `cmd` run in the network namespace at `path` (entered between fork and exec).
+#[allow(unsafe_code)]
+fn enter_netns(vm: &str, cmd: &mut tokio::process::Command, path: &Path) -> Result<(), VmmError> {
+    use std::os::fd::AsFd;
+    // Opened here, in the parent: the child only calls setns(2) on it. O_CLOEXEC (std's
+    // default) keeps it out of QEMU.
+    let ns = std::fs::File::open(path).map_err(|e| VmmError::Launch {
+        vm: vm.to_string(),
+        why: format!("open network namespace {}: {e}", path.display()),
+    })?;
+    // SAFETY: the closure runs in the forked child before exec; it only calls setns(2) (a
+    // plain system call, async-signal-safe) on a descriptor opened before the fork, and
+    // allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::thread::move_into_link_name_space(
+                ns.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    Ok(())
 }
 
 fn absolute(vm: &str, p: &Path) -> Result<PathBuf, VmmError> {
@@ -312,13 +381,17 @@ impl Vmm for QemuVmm {
         let args = qemu_args(cfg, &run_dir, accel, host_tsc_khz())?;
         tracing::info!(vm_id = %vm, accel = ?accel, run_dir = %run_dir.display(), "launching QEMU");
         tracing::debug!(vm_id = %vm, args = ?args, "QEMU command line");
-        let launcher = tokio::process::Command::new(&self.binary)
+        let mut launcher = tokio::process::Command::new(&self.binary);
+        launcher
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output();
+            .kill_on_drop(true);
+        if let Some(ns) = cfg.nic.as_ref().and_then(|n| n.netns.as_deref()) {
+            enter_netns(&vm, &mut launcher, ns)?;
+        }
+        let launcher = launcher.output();
         let out = match tokio::time::timeout(LAUNCH_TIMEOUT, launcher).await {
             Ok(Ok(out)) => out,
             Ok(Err(e)) => {
@@ -406,7 +479,16 @@ mod tests {
                     read_only: false,
                 },
             ],
+            nic: None,
             accel: Accel::Auto,
+        }
+    }
+
+    fn nic() -> Nic {
+        Nic {
+            tap: "pw-tap1".into(),
+            mac: "52:54:00:12:34:56".into(),
+            netns: None,
         }
     }
 
@@ -491,6 +573,65 @@ mod tests {
         let long = dir.path().join("x".repeat(100));
         let e = QemuVmm::preflight(&c, &long).unwrap_err();
         assert!(e.to_string().contains("too long for unix sockets"), "{e}");
+    }
+
+    #[test]
+    fn a_nic_is_a_virtio_mmio_net_device_on_its_tap_without_vhost() {
+        let c = VmConfig {
+            nic: Some(nic()),
+            ..cfg()
+        };
+        let a = qemu_args(&c, Path::new("/run/pw/vm1"), Accel::Tcg, None).unwrap();
+        assert_eq!(
+            after(&a, "-netdev"),
+            ["tap,id=net0,ifname=pw-tap1,script=no,downscript=no,vhost=off"]
+        );
+        assert!(
+            after(&a, "-device").contains(&"virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn without_a_nic_qemu_gets_no_network_device() {
+        let a = qemu_args(&cfg(), Path::new("/run/pw/vm1"), Accel::Tcg, None).unwrap();
+        assert!(after(&a, "-netdev").is_empty());
+        assert!(
+            !after(&a, "-device").iter().any(|d| d.contains("net")),
+            "{a:?}"
+        );
+        // -nodefaults: QEMU adds no NIC of its own either.
+        assert!(a.iter().any(|x| x == "-nodefaults"));
+    }
+
+    #[test]
+    fn a_bad_tap_name_mac_or_missing_namespace_is_refused_before_qemu_runs() {
+        let bad = [
+            Nic {
+                tap: "a-tap-name-too-long".into(),
+                ..nic()
+            },
+            Nic {
+                tap: "tap,x".into(),
+                ..nic()
+            },
+            Nic {
+                mac: "52:54:00:12:34".into(),
+                ..nic()
+            },
+            Nic {
+                netns: Some("/run/netns/pw-no-such-namespace".into()),
+                ..nic()
+            },
+        ];
+        for (n, expect) in bad
+            .into_iter()
+            .zip(["TAP name", "TAP name", "MAC", "does not exist"])
+        {
+            let e = check_nic(&n).unwrap_err();
+            assert!(e.contains(expect), "{e}");
+        }
+        assert_eq!(check_nic(&nic()), Ok(()));
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //!   --target x86_64-unknown-linux-gnu` into the workspace's `target/`.
 //!
 //! Boots are serialized (2 cores, TCG) and kept few.
+//!
+//! The network test needs root and `ip netns`: it builds a throwaway namespace with a
+//! bridge (the gateway 172.30.0.1/16) and a TAP, and QEMU runs inside it (`Nic::netns`);
+//! nothing of the machine's own interfaces, routes or firewall is touched. It prints SKIP
+//! and passes where it cannot run.
 
 // Test fixtures: a failed setup step should abort the test with its panic.
 #![allow(clippy::unwrap_used)]
@@ -21,10 +26,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pitwall_proto::v1::GuestConfig;
+use pitwall_proto::v1::{GuestConfig, GuestNetwork};
 use pitwall_vmm::kernel::{self, KernelInfo};
 use pitwall_vmm::{
-    disk, Disk, QemuVmm, VmConfig, VmInstance, Vmm, VmmError, BASE_LABEL, DATA_LABEL,
+    disk, Disk, Nic, QemuVmm, VmConfig, VmInstance, Vmm, VmmError, BASE_LABEL, DATA_LABEL,
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -156,6 +161,16 @@ struct TestVm {
 
 impl TestVm {
     fn new(name: &str, argv: &[&str]) -> Self {
+        Self::networked(name, argv, None, None)
+    }
+
+    /// A VM whose config disk holds `network` and whose VMM gets `nic`.
+    fn networked(
+        name: &str,
+        argv: &[&str],
+        network: Option<GuestNetwork>,
+        nic: Option<Nic>,
+    ) -> Self {
         let f = fixture();
         // Under /tmp: unix socket paths must stay short.
         let dir = tempfile::Builder::new().prefix("pw-").tempdir().unwrap();
@@ -166,6 +181,7 @@ impl TestVm {
             vm_id: format!("test-{name}"),
             hostname: name.to_string(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
+            network,
             ..Default::default()
         };
         disk::write_config_disk(&config, &guest).unwrap();
@@ -194,6 +210,7 @@ impl TestVm {
                     read_only: true,
                 },
             ],
+            nic,
             accel: Default::default(),
         };
         Self { _dir: dir, cfg }
@@ -442,5 +459,172 @@ async fn a_guest_that_ignores_shutdown_is_quit_through_qmp() {
     let exit = vm.shutdown(Duration::ZERO).await.unwrap();
     assert!(exit.killed);
     assert!(!vm.is_alive());
+    t.assert_gone();
+}
+
+/// A throwaway network namespace `pwgn-<pid>-<nanos>` holding the bridge `pwbr0` (the
+/// guests' gateway, 172.30.0.1/16) and the TAP `pwtap0` on it; deleted (with everything in
+/// it) on drop. Only `ip` commands inside the namespace: the machine's own network is not
+/// touched.
+struct TestNetns {
+    name: String,
+}
+
+const GATEWAY: &str = "172.30.0.1";
+const TAP: &str = "pwtap0";
+
+impl TestNetns {
+    /// `None` (after printing why) where namespaces cannot be made: not root, no `ip netns`.
+    fn create() -> Option<Self> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP: network test needs root (to create a network namespace)");
+            return None;
+        }
+        let listed = Command::new("ip").args(["netns", "list"]).output();
+        if !listed.is_ok_and(|o| o.status.success()) {
+            eprintln!("SKIP: network test needs `ip netns` (iproute2)");
+            return None;
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let name = format!("pwgn-{}-{nanos}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        // From here on the guard deletes the namespace whatever fails.
+        let ns = Self { name };
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["link", "add", "pwbr0", "type", "bridge"],
+            &["addr", "add", &format!("{GATEWAY}/16"), "dev", "pwbr0"],
+            &["link", "set", "pwbr0", "up"],
+            &["tuntap", "add", "dev", TAP, "mode", "tap"],
+            &["link", "set", TAP, "master", "pwbr0"],
+            &["link", "set", TAP, "up"],
+        ] {
+            run(Command::new("ip").args(["-n", &ns.name]).args(args));
+        }
+        Some(ns)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Run `args` inside the namespace.
+    fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn a_guest_gets_its_address_route_and_dns_from_the_config_and_reaches_the_gateway() {
+    if skip() {
+        return;
+    }
+    let Some(ns) = TestNetns::create() else {
+        return;
+    };
+    let _one_at_a_time = BOOTS.lock().await;
+    let mac = "52:54:00:a1:b2:c3";
+    let network = GuestNetwork {
+        mac: mac.into(),
+        address: "172.30.0.5/16".into(),
+        gateway: GATEWAY.into(),
+        dns: vec!["172.30.0.1".into(), "9.9.9.9".into()],
+        hosts: vec![format!("{GATEWAY} gateway.pitwall")],
+    };
+    let nic = Nic {
+        tap: TAP.into(),
+        // Upper case on purpose: the guest matches MACs whatever their case.
+        mac: mac.to_uppercase(),
+        netns: Some(ns.path()),
+    };
+    // The gateway may take a moment to answer the very first ARP: a few tries, no sleeps.
+    let script = "busybox ip addr show eth0; busybox ip route; \
+                  cat /etc/hostname /etc/hosts /etc/resolv.conf; \
+                  for i in 1 2 3 4 5; do \
+                    if busybox ping -c 1 -W 2 172.30.0.1; then echo NET-OK; break; fi; \
+                  done; sleep 600";
+    let t = TestVm::networked(
+        "netguest",
+        &["/bin/sh", "-c", script],
+        Some(network),
+        Some(nic),
+    );
+    let vm = t.launch().await;
+    vm.wait_ready(READY_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", console(&*vm)));
+    let pinged = console_shows(&vm.console_path(), "NET-OK", Duration::from_secs(60)).await;
+    let log = console(&*vm);
+    assert!(pinged, "the guest did not reach its gateway:\n{log}");
+    assert!(
+        log.contains("powerunit: eth0 172.30.0.5/16 via 172.30.0.1"),
+        "{log}"
+    );
+    assert!(log.contains("inet 172.30.0.5/16"), "{log}");
+    assert!(log.contains("default via 172.30.0.1 dev eth0"), "{log}");
+    // The serial console ends lines with \r\n: look for lines, in order.
+    let dns1 = log.find("nameserver 172.30.0.1").expect("first nameserver");
+    let dns2 = log.find("nameserver 9.9.9.9").expect("second nameserver");
+    assert!(dns1 < dns2, "{log}");
+    assert!(log.contains("172.30.0.5\tnetguest"), "{log}");
+    assert!(log.contains("172.30.0.1\tgateway.pitwall"), "{log}");
+
+    // And the other way: the host side of the bridge reaches the guest.
+    let ping = ns.exec(&["busybox", "ping", "-c", "3", "-W", "2", "172.30.0.5"]);
+    assert!(
+        ping.status.success(),
+        "the gateway cannot ping the guest: {}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr)
+    );
+
+    let exit = vm.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(!exit.killed, "{}", console(&*vm));
+    t.assert_gone();
+}
+
+#[tokio::test]
+async fn a_network_config_whose_nic_is_missing_fails_the_boot_with_the_reason() {
+    if skip() {
+        return;
+    }
+    let _one_at_a_time = BOOTS.lock().await;
+    let network = GuestNetwork {
+        mac: "52:54:00:00:00:99".into(),
+        address: "172.30.0.9/16".into(),
+        gateway: GATEWAY.into(),
+        ..Default::default()
+    };
+    // The config names a NIC, the VMM gets none.
+    let t = TestVm::networked("nonic", &["/bin/sh", "-c", "echo up"], Some(network), None);
+    let vm = t.launch().await;
+    match vm.wait_ready(READY_TIMEOUT).await {
+        Err(VmmError::GuestFailed { why, .. }) => {
+            assert!(
+                why.contains("no network interface has MAC 52:54:00:00:00:99"),
+                "{why}"
+            )
+        }
+        other => panic!("expected a guest failure, got {other:?}\n{}", console(&*vm)),
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(30), vm.wait_exit())
+        .await
+        .expect("the guest powers off");
+    assert!(!exit.killed);
     t.assert_gone();
 }

@@ -3,15 +3,17 @@
 //! From the initramfs the host built (`pitwall-vmm::kernel::build_initramfs`) it mounts
 //! `/dev /proc /sys`, loads the virtio modules listed in `/lib/modules/load-order`, opens the
 //! agent port, finds its disks by content (config disk by magic, ext4 disks by label),
-//! overlays the VM's writable disk on the shared read-only base, switches root, starts the
-//! workload the config names, reports readiness to the host, reaps every child, and powers
-//! the guest off when the workload ends or the host asks.
+//! overlays the VM's writable disk on the shared read-only base, switches root, brings up
+//! loopback and the NIC the config names (address, default route, `/etc/hosts`,
+//! `/etc/resolv.conf`), starts the workload the config names, reports readiness to the
+//! host, reaps every child, and powers the guest off when the workload ends or the host asks.
 //!
 //! What it must not do: exit or panic (the kernel panics when PID 1 ends), pull in heavy
 //! dependencies (it is a static binary inside every guest), or trust device order.
 //!
 //! Module map: [`supervisor`] runs the sequence; [`mounts`], [`modules`], [`disks`],
-//! [`agent`], [`workload`] do one stage each; [`wire`] holds the host ↔ guest encodings.
+//! [`net`], [`agent`], [`workload`] do one stage each; [`wire`] holds the host ↔ guest
+//! encodings.
 
 pub mod agent;
 pub mod console;
@@ -19,6 +21,7 @@ pub mod disks;
 pub mod error;
 pub mod modules;
 pub mod mounts;
+pub mod net;
 pub mod supervisor;
 pub mod wire;
 pub mod workload;

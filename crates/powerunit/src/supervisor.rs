@@ -17,11 +17,11 @@ use pitwall_proto::v1::{agent_event, AgentEvent, GuestConfig, GuestStatus, Workl
 
 use crate::agent::{self, AgentPort, Command};
 use crate::error::{Context, Result};
-use crate::{console, disks, modules, mounts, say, workload};
+use crate::{console, disks, modules, mounts, net, say, workload};
 
 /// How long the workload's other processes get after the workload itself exited.
 const EXIT_GRACE: Duration = Duration::from_secs(3);
-/// How long to wait for the disks and the agent port to appear.
+/// How long to wait for the disks, the NIC and the agent port to appear.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
 const PORT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the supervisor loop reaps and looks for commands.
@@ -90,6 +90,12 @@ impl Init {
 
         let found = disks::discover(Path::new("/sys/block"), Path::new("/dev"), DEVICE_TIMEOUT)?;
         let cfg = found.config;
+        // Checked before anything is mounted: a bad network config fails the boot at once.
+        let network = cfg
+            .network
+            .as_ref()
+            .map(net::Plan::from_config)
+            .transpose()?;
         say!(
             "vm {}: config {}, base {} ({}), data {}",
             cfg.vm_id,
@@ -103,8 +109,15 @@ impl Init {
         mounts::late()?;
         let hostname = hostname(&cfg);
         nix::unistd::sethostname(&hostname).context(|| format!("set hostname {hostname:?}"))?;
-        let _ = std::fs::write("/etc/hostname", format!("{hostname}\n"));
         say!("root switched, hostname {hostname}");
+        let mut links = net::Netlink::open()?;
+        net::bring_up(
+            network.as_ref(),
+            Path::new("/sys/class/net"),
+            &mut links,
+            DEVICE_TIMEOUT,
+        )?;
+        net::write_etc(Path::new("/etc"), &hostname, network.as_ref());
 
         self.start_workload(&cfg, &hostname)?;
         let status = self.set_status(|s| s.ready = true);

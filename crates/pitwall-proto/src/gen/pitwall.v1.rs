@@ -481,6 +481,32 @@ pub struct GuestConfig {
     /// Filesystem label of the VM's own writable disk.
     #[prost(string, tag = "8")]
     pub data_label: ::prost::alloc::string::String,
+    /// The VM's network interface. Absent: the guest has no NIC, only loopback.
+    #[prost(message, optional, tag = "9")]
+    pub network: ::core::option::Option<GuestNetwork>,
+}
+/// How powerunit configures the guest's NIC (renamed to eth0), /etc/hosts and
+/// /etc/resolv.conf. IPv4 only for now.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GuestNetwork {
+    /// MAC address of the NIC the host attached ("52:54:00:12:34:56"): powerunit finds the
+    /// interface by it, never by name or order.
+    #[prost(string, tag = "1")]
+    pub mac: ::prost::alloc::string::String,
+    /// The VM's address with its prefix length, CIDR notation ("172.30.0.5/16").
+    #[prost(string, tag = "2")]
+    pub address: ::prost::alloc::string::String,
+    /// Default gateway, inside the address's subnet ("172.30.0.1").
+    #[prost(string, tag = "3")]
+    pub gateway: ::prost::alloc::string::String,
+    /// Nameservers for /etc/resolv.conf, in order; empty: the gateway.
+    #[prost(string, repeated, tag = "4")]
+    pub dns: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Extra /etc/hosts lines after localhost and the VM's own name, each "ADDRESS NAME..."
+    /// ("172.30.0.1 gateway host.internal"). Strings rather than a message so that
+    /// GuestConfig keeps deriving Eq (prost derives none over repeated messages).
+    #[prost(string, repeated, tag = "5")]
+    pub hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Frames on the agent channel (virtio-serial port "org.pitwall.agent"), each prefixed by
 /// its length as a protobuf varint (prost's length-delimited encoding).
