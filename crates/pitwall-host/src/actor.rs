@@ -292,6 +292,8 @@ impl Actor {
             base_label: pitwall_vmm::BASE_LABEL.into(),
             data_label: pitwall_vmm::DATA_LABEL.into(),
             network: None,
+            services: vec![],
+            ssh: None,
         };
         let (d, c) = (data.clone(), config.clone());
         let templates = self.host.inner.cfg.data_dir.join("disk-templates");

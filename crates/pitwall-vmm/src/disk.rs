@@ -305,6 +305,17 @@ mod tests {
                 dns: vec!["172.30.0.1".into()],
                 hosts: vec!["172.30.0.1 gateway".into()],
             }),
+            services: vec![pitwall_proto::v1::Service {
+                name: "web".into(),
+                argv: vec!["/usr/bin/web".into()],
+                restart: pitwall_proto::v1::RestartPolicy::OnFailure.into(),
+                ..Default::default()
+            }],
+            ssh: Some(pitwall_proto::v1::GuestSsh {
+                port: 22,
+                authorized_keys: vec!["ssh-ed25519 AAAA me".into()],
+                user_ca_keys: vec!["ssh-ed25519 BBBB ca".into()],
+            }),
         }
     }
 

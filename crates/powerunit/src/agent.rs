@@ -110,6 +110,7 @@ impl AgentPort {
     /// Send the current status.
     pub fn send_status(&self, status: &GuestStatus) -> std::io::Result<()> {
         let event = AgentEvent {
+            reply_to: 0,
             event: Some(agent_event::Event::Status(status.clone())),
         };
         self.send(&event, Duration::from_secs(2))
@@ -169,6 +170,17 @@ impl AgentPort {
                     Some(agent_request::Request::Shutdown(s)) => {
                         let grace = Duration::from_millis(u64::from(s.grace_ms));
                         let _ = commands.send(Command::Shutdown { grace });
+                    }
+                    Some(
+                        agent_request::Request::ListServices(_) | agent_request::Request::Exec(_),
+                    ) => {
+                        let answer = AgentEvent {
+                            reply_to: req.id,
+                            event: Some(agent_event::Event::Error(
+                                "this powerunit does not serve that request yet".into(),
+                            )),
+                        };
+                        let _ = self.send(&answer, Duration::from_secs(2));
                     }
                     None => {}
                 },

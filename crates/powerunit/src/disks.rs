@@ -51,7 +51,7 @@ impl FsType {
 }
 
 /// What a block device turned out to be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DiskKind {
     Config(Box<GuestConfig>),
     Fs { fstype: FsType, label: String },

@@ -208,6 +208,7 @@ impl Init {
         say!("workload exited with code {code}");
         if let Some(agent) = &self.agent {
             let event = AgentEvent {
+                reply_to: 0,
                 event: Some(agent_event::Event::Exited(WorkloadExited { code })),
             };
             let _ = agent.send(&event, Duration::from_secs(2));

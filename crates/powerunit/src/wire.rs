@@ -142,9 +142,11 @@ mod tests {
     fn frames_are_reassembled_from_arbitrary_chunks() {
         let msgs = [
             AgentRequest {
+                id: 0,
                 request: Some(agent_request::Request::Ping(Ping {})),
             },
             AgentRequest {
+                id: 0,
                 request: Some(agent_request::Request::Shutdown(Shutdown {
                     grace_ms: 300_000,
                 })),

@@ -458,7 +458,7 @@ impl ImageErrorKind {
 }
 /// Written by the host onto the VM's config disk: 8 bytes magic "PWCONF01", 4 bytes
 /// little-endian length, then this message. powerunit reads it at boot.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GuestConfig {
     #[prost(string, tag = "1")]
     pub vm_id: ::prost::alloc::string::String,
@@ -484,6 +484,49 @@ pub struct GuestConfig {
     /// The VM's network interface. Absent: the guest has no NIC, only loopback.
     #[prost(message, optional, tag = "9")]
     pub network: ::core::option::Option<GuestNetwork>,
+    /// The services powerunit supervises. Empty: one service "main" from argv, env,
+    /// working_dir and user with restart "never" (the image's entrypoint). The guest powers
+    /// off when the first service has ended for good (exited, and its policy does not restart
+    /// it); its exit code is the VM's (WorkloadExited).
+    #[prost(message, repeated, tag = "10")]
+    pub services: ::prost::alloc::vec::Vec<Service>,
+    /// The in-guest SSH server. Absent: no SSH server runs.
+    #[prost(message, optional, tag = "11")]
+    pub ssh: ::core::option::Option<GuestSsh>,
+}
+/// One supervised process. Output (stdout and stderr) goes to the console, each line
+/// prefixed with the service's name, and into /var/log/pitwall/NAME.log in the guest.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Service {
+    /// [a-z0-9][a-z0-9_-]{0,31}, unique in the VM.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// argv\[0\] first; resolved on the guest's PATH.
+    #[prost(string, repeated, tag = "2")]
+    pub argv: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// KEY=VALUE pairs, after the image's environment.
+    #[prost(string, repeated, tag = "3")]
+    pub env: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "4")]
+    pub working_dir: ::prost::alloc::string::String,
+    /// "uid\[:gid\]" or a user name of the image, empty for root.
+    #[prost(string, tag = "5")]
+    pub user: ::prost::alloc::string::String,
+    #[prost(enumeration = "RestartPolicy", tag = "6")]
+    pub restart: i32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GuestSsh {
+    /// TCP port on every guest address; 0 means 22.
+    #[prost(uint32, tag = "1")]
+    pub port: u32,
+    /// OpenSSH authorized_keys lines ("ssh-ed25519 AAAA... comment") accepted for root.
+    #[prost(string, repeated, tag = "2")]
+    pub authorized_keys: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// OpenSSH public keys of certificate authorities: a user certificate signed by one of
+    /// them is accepted when it is valid now and lists the principal "vm:<vm_id>".
+    #[prost(string, repeated, tag = "3")]
+    pub user_ca_keys: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// How powerunit configures the guest's NIC (renamed to eth0), /etc/hosts and
 /// /etc/resolv.conf. IPv4 only for now.
@@ -510,14 +553,18 @@ pub struct GuestNetwork {
 }
 /// Frames on the agent channel (virtio-serial port "org.pitwall.agent"), each prefixed by
 /// its length as a protobuf varint (prost's length-delimited encoding).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AgentRequest {
-    #[prost(oneof = "agent_request::Request", tags = "1, 2")]
+    /// Chosen by the host; the answer (AgentEvent.reply_to) carries it back. 0: no answer
+    /// expected beyond the events the request causes.
+    #[prost(uint64, tag = "10")]
+    pub id: u64,
+    #[prost(oneof = "agent_request::Request", tags = "1, 2, 3, 4")]
     pub request: ::core::option::Option<agent_request::Request>,
 }
 /// Nested message and enum types in `AgentRequest`.
 pub mod agent_request {
-    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
     pub enum Request {
         /// Ask for the current status; answered with AgentEvent.status.
         #[prost(message, tag = "1")]
@@ -525,7 +572,33 @@ pub mod agent_request {
         /// Stop the workload (SIGTERM, then SIGKILL after grace_ms) and power the guest off.
         #[prost(message, tag = "2")]
         Shutdown(super::Shutdown),
+        /// The supervised services' state; answered with AgentEvent.services.
+        #[prost(message, tag = "3")]
+        ListServices(super::ListServices),
+        /// Run a command to completion; answered with AgentEvent.exec_result.
+        #[prost(message, tag = "4")]
+        Exec(super::Exec),
     }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListServices {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Exec {
+    #[prost(string, repeated, tag = "1")]
+    pub argv: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// KEY=VALUE pairs, after the image's environment.
+    #[prost(string, repeated, tag = "2")]
+    pub env: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "3")]
+    pub working_dir: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub user: ::prost::alloc::string::String,
+    /// Written to the command's stdin, then closed.
+    #[prost(bytes = "vec", tag = "5")]
+    pub stdin: ::prost::alloc::vec::Vec<u8>,
+    /// Killed (SIGKILL to its process group) after this long; 0 means 60 s.
+    #[prost(uint32, tag = "6")]
+    pub timeout_ms: u32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ping {}
@@ -534,20 +607,66 @@ pub struct Shutdown {
     #[prost(uint32, tag = "1")]
     pub grace_ms: u32,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentEvent {
-    #[prost(oneof = "agent_event::Event", tags = "1, 2")]
+    /// The AgentRequest.id this answers, 0 for unsolicited events.
+    #[prost(uint64, tag = "10")]
+    pub reply_to: u64,
+    #[prost(oneof = "agent_event::Event", tags = "1, 2, 3, 4, 5")]
     pub event: ::core::option::Option<agent_event::Event>,
 }
 /// Nested message and enum types in `AgentEvent`.
 pub mod agent_event {
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Event {
         #[prost(message, tag = "1")]
         Status(super::GuestStatus),
         #[prost(message, tag = "2")]
         Exited(super::WorkloadExited),
+        #[prost(message, tag = "3")]
+        Services(super::ServiceList),
+        #[prost(message, tag = "4")]
+        ExecResult(super::ExecResult),
+        /// A request that could not be carried out: why.
+        #[prost(string, tag = "5")]
+        Error(::prost::alloc::string::String),
     }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ServiceList {
+    #[prost(message, repeated, tag = "1")]
+    pub services: ::prost::alloc::vec::Vec<ServiceState>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ServiceState {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// "starting", "running", "backoff" (waiting to restart), "exited" (for good)
+    #[prost(string, tag = "2")]
+    pub state: ::prost::alloc::string::String,
+    /// While running.
+    #[prost(uint32, tag = "3")]
+    pub pid: u32,
+    #[prost(uint32, tag = "4")]
+    pub restarts: u32,
+    /// Of the last exit: code, or 128+signal. Absent before the first exit.
+    #[prost(int32, optional, tag = "5")]
+    pub last_exit: ::core::option::Option<i32>,
+    #[prost(enumeration = "RestartPolicy", tag = "6")]
+    pub restart: i32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExecResult {
+    /// Exit code, or 128+signal.
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// Each truncated to 1 MiB.
+    #[prost(bytes = "vec", tag = "2")]
+    pub stdout: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub stderr: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bool, tag = "4")]
+    pub timed_out: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GuestStatus {
@@ -560,10 +679,44 @@ pub struct GuestStatus {
     /// Kernel version the guest runs.
     #[prost(string, tag = "3")]
     pub kernel: ::prost::alloc::string::String,
+    /// The SSH server's host key, an OpenSSH public key line; empty when no SSH server runs.
+    #[prost(string, tag = "4")]
+    pub ssh_host_key: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct WorkloadExited {
     /// Exit code, or 128+signal.
     #[prost(int32, tag = "1")]
     pub code: i32,
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RestartPolicy {
+    Never = 0,
+    /// Restarted when it exits non-zero or is killed by a signal.
+    OnFailure = 1,
+    /// Restarted whenever it exits.
+    Always = 2,
+}
+impl RestartPolicy {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Never => "RESTART_POLICY_NEVER",
+            Self::OnFailure => "RESTART_POLICY_ON_FAILURE",
+            Self::Always => "RESTART_POLICY_ALWAYS",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RESTART_POLICY_NEVER" => Some(Self::Never),
+            "RESTART_POLICY_ON_FAILURE" => Some(Self::OnFailure),
+            "RESTART_POLICY_ALWAYS" => Some(Self::Always),
+            _ => None,
+        }
+    }
 }

@@ -85,6 +85,7 @@ impl AgentLink {
         *self.writer.lock().await = Some(write);
         self.state.send_modify(|s| s.connected = true);
         let ping = AgentRequest {
+            id: 0,
             request: Some(agent_request::Request::Ping(Ping {})),
         };
         if let Err(e) = self.send(ping).await {
@@ -130,7 +131,15 @@ impl AgentLink {
                 tracing::debug!(code = x.code, "guest workload exited");
                 self.state.send_modify(|st| st.workload_code = Some(x.code));
             }
-            None => {}
+            // Answers to requests: nothing sends those yet.
+            Some(
+                agent_event::Event::Services(_)
+                | agent_event::Event::ExecResult(_)
+                | agent_event::Event::Error(_),
+            )
+            | None => {
+                tracing::trace!(reply_to = event.reply_to, "unhandled agent event")
+            }
         }
     }
 }
@@ -173,13 +182,16 @@ mod tests {
     #[test]
     fn events_split_across_reads_are_reassembled() {
         let a = AgentEvent {
+            reply_to: 0,
             event: Some(agent_event::Event::Status(GuestStatus {
                 ready: true,
                 error: String::new(),
                 kernel: "6.1".into(),
+                ssh_host_key: String::new(),
             })),
         };
         let b = AgentEvent {
+            reply_to: 0,
             event: Some(agent_event::Event::Exited(WorkloadExited { code: 3 })),
         };
         let mut stream = a.encode_length_delimited_to_vec();
@@ -209,13 +221,16 @@ mod tests {
         assert_eq!(ping.request, Some(agent_request::Request::Ping(Ping {})));
 
         let ready = AgentEvent {
+            reply_to: 0,
             event: Some(agent_event::Event::Status(GuestStatus {
                 ready: true,
                 error: String::new(),
                 kernel: "k".into(),
+                ssh_host_key: String::new(),
             })),
         };
         let exited = AgentEvent {
+            reply_to: 0,
             event: Some(agent_event::Event::Exited(WorkloadExited { code: 143 })),
         };
         guest

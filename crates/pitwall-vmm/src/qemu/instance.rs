@@ -202,6 +202,7 @@ impl VmInstance for QemuInstance {
         }
         let grace_ms = u32::try_from(grace.as_millis()).unwrap_or(u32::MAX);
         let req = AgentRequest {
+            id: 0,
             request: Some(agent_request::Request::Shutdown(Shutdown { grace_ms })),
         };
         // Right after a launch or re-attach the link may still be connecting.
