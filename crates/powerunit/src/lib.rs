@@ -12,8 +12,8 @@
 //! dependencies (it is a static binary inside every guest), or trust device order.
 //!
 //! Module map: [`supervisor`] runs the sequence; [`mounts`], [`modules`], [`disks`],
-//! [`net`], [`agent`], [`workload`] do one stage each; [`wire`] holds the host ↔ guest
-//! encodings.
+//! [`net`], [`agent`], [`workload`] do one stage each; [`reaper`] hands exit codes to
+//! whoever started a process; [`wire`] holds the host ↔ guest encodings.
 
 pub mod agent;
 pub mod console;
@@ -22,6 +22,7 @@ pub mod error;
 pub mod modules;
 pub mod mounts;
 pub mod net;
+pub mod reaper;
 pub mod supervisor;
 pub mod wire;
 pub mod workload;

@@ -8,15 +8,14 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use pitwall_proto::v1::{agent_event, AgentEvent, GuestConfig, GuestStatus, WorkloadExited};
 
 use crate::agent::{self, AgentPort, Command};
 use crate::error::{Context, Result};
+use crate::reaper::Reaper;
 use crate::{console, disks, modules, mounts, net, say, workload};
 
 /// How long the workload's other processes get after the workload itself exited.
@@ -32,7 +31,8 @@ struct Init {
     agent: Option<Arc<AgentPort>>,
     commands: Receiver<Command>,
     commands_tx: Sender<Command>,
-    workload: Option<Pid>,
+    /// The workload's pid and where its exit code arrives.
+    workload: Option<(u32, Receiver<i32>)>,
     workload_exited: bool,
 }
 
@@ -161,7 +161,7 @@ impl Init {
         let console = console::open().context(|| "open /dev/console".to_string())?;
         let pid = workload::spawn(&spec, &console)?;
         say!("started {} (pid {pid})", spec.program.display());
-        self.workload = Some(Pid::from_raw(pid));
+        self.workload = Some((pid, Reaper::global().watch(pid)));
         Ok(())
     }
 
@@ -186,24 +186,21 @@ impl Init {
         }
     }
 
-    /// Reap every exited child without blocking. Returns false once there are no children.
+    /// Reap every exited child without blocking (delivering exit codes to their watchers)
+    /// and notice the workload's end. Returns false once there are no children.
     fn reap(&mut self) -> bool {
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => return true,
-                Ok(WaitStatus::Exited(pid, code)) => self.reaped(pid, code),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => self.reaped(pid, 128 + sig as i32),
-                Ok(_) => {}
-                Err(Errno::EINTR) => {}
-                Err(_) => return false, // ECHILD: nothing left to reap
-            }
+        let left = Reaper::global().reap();
+        let code = match &self.workload {
+            Some((_, rx)) => rx.try_recv().ok(),
+            None => None,
+        };
+        if let Some(code) = code {
+            self.workload_ended(code);
         }
+        left
     }
 
-    fn reaped(&mut self, pid: Pid, code: i32) {
-        if self.workload != Some(pid) {
-            return;
-        }
+    fn workload_ended(&mut self, code: i32) {
         self.workload = None;
         say!("workload exited with code {code}");
         if let Some(agent) = &self.agent {

@@ -176,7 +176,7 @@ pub fn resolve(cfg: &GuestConfig, root: &Path, hostname: &str) -> Result<Spec> {
 }
 
 /// Start the workload; returns its PID. The caller (PID 1) reaps it.
-pub fn spawn(spec: &Spec, console: &File) -> Result<i32> {
+pub fn spawn(spec: &Spec, console: &File) -> Result<u32> {
     let _ = std::fs::create_dir_all(&spec.cwd);
     let out = console.try_clone().map_err(|e| err!("console: {e}"))?;
     let errs = console.try_clone().map_err(|e| err!("console: {e}"))?;
@@ -196,7 +196,7 @@ pub fn spawn(spec: &Spec, console: &File) -> Result<i32> {
         .spawn()
         .map_err(|e| err!("cannot execute {}: {e}", spec.program.display()))?;
     // Dropping a `Child` neither waits nor kills: PID 1's reaper collects it.
-    i32::try_from(child.id()).map_err(|_| err!("workload pid out of range"))
+    Ok(child.id())
 }
 
 #[allow(unsafe_code)]
