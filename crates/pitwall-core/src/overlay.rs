@@ -2,6 +2,9 @@
 //! the hosts' terminators: a VM's identity is `OWNER-VMNAME`; its services are `ssh` (always,
 //! port 22) and `tcp-PORT` for each TCP port of the image's `ExposedPorts`.
 
+/// The port of every VM's SSH server (powerunit's), behind the `ssh` service.
+pub const SSH_PORT: u16 = 22;
+
 /// The overlay identity of a VM.
 pub fn identity(owner: &str, vm_name: &str) -> String {
     format!("{owner}-{vm_name}")
@@ -25,7 +28,7 @@ pub fn services(exposed_ports: &[String]) -> Vec<String> {
 /// The VM port behind a service name (`ssh` → 22, `tcp-8080` → 8080).
 pub fn service_port(service: &str) -> Option<u16> {
     match service {
-        "ssh" => Some(22),
+        "ssh" => Some(SSH_PORT),
         s => s
             .strip_prefix("tcp-")?
             .parse::<u16>()

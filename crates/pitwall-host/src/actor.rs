@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pitwall_core::{DesiredState, ImageRef, VmState};
-use pitwall_proto::v1::{envelope::Payload, Envelope, GuestConfig, VmStatus};
+use pitwall_proto::v1::{
+    envelope::Payload, Envelope, GuestConfig, GuestNetwork, GuestSsh, VmStatus,
+};
 use pitwall_proto::{encode_envelope, routing};
 use pitwall_vmm::{Disk, VmConfig, VmInstance};
 use tokio::sync::watch;
@@ -291,9 +293,19 @@ impl Actor {
             user: run.user,
             base_label: pitwall_vmm::BASE_LABEL.into(),
             data_label: pitwall_vmm::DATA_LABEL.into(),
-            network: None,
+            network: self.nic.as_ref().map(guest_network),
             services: vec![],
-            ssh: None,
+            // Always on (every VM's `ssh` service): the owner's keys from create time, and
+            // certificates of the deployment's SSH CA naming this VM.
+            ssh: Some(GuestSsh {
+                port: u32::from(pitwall_core::overlay::SSH_PORT),
+                authorized_keys: spec.ssh_authorized_keys.clone(),
+                user_ca_keys: [&spec.ssh_ca_public_key]
+                    .into_iter()
+                    .filter(|k| !k.is_empty())
+                    .cloned()
+                    .collect(),
+            }),
         };
         let (d, c) = (data.clone(), config.clone());
         let templates = self.host.inner.cfg.data_dir.join("disk-templates");
@@ -333,7 +345,17 @@ impl Actor {
                     read_only: true,
                 },
             ],
-            nic: None,
+            nic: self.nic.as_ref().map(|n| pitwall_vmm::Nic {
+                tap: n.tap.clone(),
+                mac: n.mac.to_string(),
+                netns: self
+                    .host
+                    .inner
+                    .cfg
+                    .network
+                    .as_ref()
+                    .and_then(|c| c.netns.as_deref().map(pitwall_net::netns_path)),
+            }),
             accel: self.host.inner.cfg.accel,
         })
     }
@@ -483,5 +505,16 @@ impl Host {
         if let Err(e) = self.inner.bus.publish(&key, encode_envelope(&env)).await {
             warn!(error = %e, "status not published");
         }
+    }
+}
+
+/// What powerunit needs to configure the guest's side of `nic`.
+fn guest_network(nic: &pitwall_net::VmNic) -> GuestNetwork {
+    GuestNetwork {
+        mac: nic.mac.to_string(),
+        address: format!("{}/{}", nic.ip, nic.prefix_len),
+        gateway: nic.gateway.to_string(),
+        dns: nic.dns.iter().map(|d| d.to_string()).collect(),
+        hosts: vec![format!("{} gateway.pitwall.internal", nic.gateway)],
     }
 }

@@ -308,7 +308,8 @@ async fn a_vm_gets_a_nic_and_an_address_on_start_and_loses_them_on_delete() {
     let mut h = Harness::start().await;
     let id = Uuid::new_v4();
     h.create(id, 1, true).await;
-    h.vmm.launch_number(1).await.vm.become_ready();
+    let launch = h.vmm.launch_number(1).await;
+    launch.vm.become_ready();
     let seen = h
         .expect_states(
             id,
@@ -319,6 +320,25 @@ async fn a_vm_gets_a_nic_and_an_address_on_start_and_loses_them_on_delete() {
     assert_eq!(attached.len(), 1, "{attached:?}");
     let nic = &attached[0];
     assert_eq!(nic.vm_id, id);
+    // The VMM gets the TAP and the MAC; the guest the same MAC with its address.
+    let vmm_nic = launch.cfg.nic.as_ref().expect("the VMM gets a NIC");
+    assert_eq!(
+        (vmm_nic.tap.as_str(), vmm_nic.mac.as_str(), &vmm_nic.netns),
+        (nic.tap.as_str(), nic.mac.to_string().as_str(), &None)
+    );
+    let guest = pitwall_vmm::disk::read_config_disk(&launch.cfg.disks[2].path).unwrap();
+    let net = guest.network.expect("the guest's network config");
+    assert_eq!(net.mac, nic.mac.to_string());
+    assert_eq!(net.address, format!("{}/{}", nic.ip, nic.prefix_len));
+    assert_eq!(net.gateway, nic.gateway.to_string());
+    assert_eq!(
+        net.dns,
+        nic.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()
+    );
+    // SSH is always on, trusting the deployment's CA the spec carries.
+    let ssh = guest.ssh.expect("the guest's SSH config");
+    assert_eq!(ssh.port, 22);
+    assert_eq!(ssh.user_ca_keys, [spec("x", IMAGE).ssh_ca_public_key]);
     let running = seen.last().unwrap();
     assert_eq!(
         running.address,

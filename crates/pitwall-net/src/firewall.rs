@@ -10,7 +10,11 @@
 //!   uplink) and drop the rest from `BR`.
 //! - `postrouting` (nat): masquerade `ip saddr SUBNET` leaving via `UP` (or via anything but
 //!   `BR`).
-//! - `input` (filter, policy accept): VMs may reach the gateway (`iifname BR accept`).
+//! - `input` (filter, policy accept): from `BR`, only replies (established/related: the
+//!   host's own connections to VMs, e.g. the terminator's), ICMP (VMs ping their gateway) and
+//!   DNS (port 53, for a resolver an operator runs on the gateway) reach the host; every other
+//!   packet a VM sends to any of the host's addresses is dropped, so no host service is
+//!   exposed to VMs.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -18,7 +22,7 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use nftables::batch::Batch;
 use nftables::expr::{
-    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT,
+    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem, CT,
 };
 use nftables::helper::NftablesError;
 use nftables::schema::{Chain, NfCmd, NfListObject, Nftables, Rule, Table};
@@ -85,6 +89,34 @@ fn saddr_in(net: Ipv4Net) -> Statement<'static> {
             addr: Box::new(Expression::String(Cow::Owned(net.network().to_string()))),
             len: u32::from(net.prefix_len()),
         })),
+        op: Operator::EQ,
+    })
+}
+
+/// `meta l4proto { protos }`.
+fn l4proto_in(protos: &[&str]) -> Statement<'static> {
+    Statement::Match(Match {
+        left: meta(MetaKey::L4proto),
+        right: Expression::Named(NamedExpression::Set(
+            protos
+                .iter()
+                .map(|p| SetItem::Element(Expression::String(Cow::Owned(p.to_string()))))
+                .collect(),
+        )),
+        op: Operator::EQ,
+    })
+}
+
+/// `th dport PORT` (the transport header's destination port, TCP or UDP).
+fn dport_is(port: u16) -> Statement<'static> {
+    Statement::Match(Match {
+        left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+            PayloadField {
+                protocol: "th".into(),
+                field: "dport".into(),
+            },
+        ))),
+        right: Expression::Number(u32::from(port)),
         op: Operator::EQ,
     })
 }
@@ -172,7 +204,26 @@ pub fn ruleset(spec: &FirewallSpec) -> Nftables<'static> {
         }
         None => rule("forward", "VMs out", vec![iif(br), accept()]),
     }
-    rule("input", "VMs reach the gateway", vec![iif(br), accept()]);
+    rule(
+        "input",
+        "replies to the host's connections to VMs",
+        vec![iif(br), ct_established(), accept()],
+    );
+    rule(
+        "input",
+        "VMs ping the gateway",
+        vec![iif(br), l4proto_in(&["icmp"]), accept()],
+    );
+    rule(
+        "input",
+        "VMs ask a resolver on the gateway",
+        vec![iif(br), l4proto_in(&["udp", "tcp"]), dport_is(53), accept()],
+    );
+    rule(
+        "input",
+        "no other host service for VMs",
+        vec![iif(br), drop_()],
+    );
     if spec.masquerade {
         let out = match &spec.uplink {
             Some(up) => oif(up),

@@ -427,6 +427,38 @@ fn vms_cannot_reach_each_other_routed_through_the_gateway() {
 }
 
 #[test]
+fn vms_reach_no_service_of_the_host_itself() {
+    let host = netns_or_skip!("host");
+    let t = Topology::build(host);
+    // A service of the host on every address, the gateway's and the uplink's included.
+    let _service = PeerEcho::start(&t.host, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 2222));
+    assert_eq!(
+        t.host
+            .enter(|| tcp_peer_seen(SocketAddrV4::new(GATEWAY, 2222), Duration::from_secs(5))),
+        Ok(GATEWAY.to_string()),
+        "the service is up"
+    );
+    for addr in [GATEWAY, UPLINK_HOST] {
+        assert!(
+            t.a.ns
+                .enter(|| tcp_peer_seen(SocketAddrV4::new(addr, 2222), Duration::from_secs(2)))
+                .is_err(),
+            "a VM reached the host's service on {addr}"
+        );
+    }
+    // What stays allowed: pinging the gateway, and the host's own connections to VMs
+    // (their replies come back through the input chain).
+    assert!(t.a.ns.enter(|| ping(GATEWAY, Duration::from_secs(5))));
+    let _server = PeerEcho::start(&t.a.ns, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080));
+    assert_eq!(
+        t.host
+            .enter(|| tcp_peer_seen(SocketAddrV4::new(t.a.ip, 8080), Duration::from_secs(5))),
+        Ok(GATEWAY.to_string()),
+        "the host reaches a VM's service"
+    );
+}
+
+#[test]
 fn tap_attach_and_detach_are_idempotent_and_the_device_goes_away() {
     let host = netns_or_skip!("host");
     let state = tempfile::tempdir().expect("tempdir");
