@@ -1,6 +1,6 @@
 //! JSON bodies of API v1.
 
-pub use pitwall_core::RunOverrides;
+pub use pitwall_core::{RestartPolicy, RunOverrides, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/vms`

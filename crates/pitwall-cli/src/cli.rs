@@ -248,6 +248,12 @@ pub struct CreateArgs {
     /// User (NAME, UID or UID:GID) the program runs as, instead of the image's User
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
+    /// A process the VM's init supervises (repeatable; the first is the VM's main one):
+    /// NAME[:POLICY][=COMMAND], POLICY never (default), on-failure or always, COMMAND split
+    /// like a shell would; without COMMAND the image's program. E.g.
+    /// `--service 'web:always=/usr/bin/web --port 80' --service 'main:on-failure'`
+    #[arg(long = "service", value_name = "SPEC", value_parser = parse_service)]
+    pub services: Vec<pitwall_api::ServiceSpec>,
     /// Arguments after `--` replace the image's Cmd, e.g. `-- /bin/sh -c 'echo hi'`
     #[arg(last = true, value_name = "CMD")]
     pub cmd: Vec<String>,
@@ -645,6 +651,39 @@ pub fn parse_holder(s: &str) -> Result<String, String> {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e}; write a duration like 500ms, 30s, 2m or 1h"))
+}
+
+/// `NAME[:POLICY][=COMMAND]` (see `vm create --service`).
+pub fn parse_service(s: &str) -> Result<pitwall_api::ServiceSpec, String> {
+    let (head, command) = match s.split_once('=') {
+        Some((h, c)) => {
+            let argv = shlex::split(c).ok_or_else(|| {
+                format!("the command of {s:?} has an unclosed quote or a trailing backslash")
+            })?;
+            if argv.is_empty() {
+                return Err(format!(
+                    "{s:?} has an empty command: leave out the '=' to run the image's program"
+                ));
+            }
+            (h, argv)
+        }
+        None => (s, vec![]),
+    };
+    let (name, restart) = match head.split_once(':') {
+        Some((n, p)) => (n, p.parse()?),
+        None => (head, Default::default()),
+    };
+    if name.is_empty() {
+        return Err(format!(
+            "{s:?} has no service name: write NAME[:POLICY][=COMMAND], e.g. web:always=/usr/bin/web"
+        ));
+    }
+    Ok(pitwall_api::ServiceSpec {
+        name: name.to_string(),
+        command,
+        restart,
+        ..Default::default()
+    })
 }
 
 /// VM states are upper case on the wire; accept any case.

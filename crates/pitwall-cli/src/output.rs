@@ -182,6 +182,17 @@ pub fn vm_details(vm: &Vm, now: OffsetDateTime) -> String {
     if let Some(u) = &r.user {
         pairs.push(("user", u.clone()));
     }
+    for svc in &r.services {
+        let command = if svc.command.is_empty() {
+            "(the image's program)".to_string()
+        } else {
+            list(&svc.command)
+        };
+        pairs.push((
+            "service",
+            format!("{} ({}) {command}", svc.name, svc.restart.as_str()),
+        ));
+    }
     pairs.extend([
         (
             "created",

@@ -213,7 +213,15 @@ pub(crate) fn document() -> Value {
                     "cmd": {"type": "array", "items": {"type": "string"}},
                     "env": {"type": "array", "items": {"type": "string", "pattern": "^[^=]+="}, "description": "KEY=value, replacing the image's entry of the same key"},
                     "working_dir": {"type": "string", "description": "absolute path"},
-                    "user": {"type": "string", "description": "NAME, UID or UID:GID"}}},
+                    "user": {"type": "string", "description": "NAME, UID or UID:GID"},
+                    "services": {"type": "array", "maxItems": 16, "items": {"$ref": "#/components/schemas/ServiceSpec"}, "description": "processes the guest's init supervises, the first being the VM's main one; empty: one `main` running the program, restart never"}}},
+                "ServiceSpec": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+                    "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,31}$"},
+                    "command": {"type": "array", "items": {"type": "string"}, "description": "program and arguments; empty: the VM's program"},
+                    "env": {"type": "array", "items": {"type": "string", "pattern": "^[^=]+="}, "description": "KEY=value added to the VM's environment"},
+                    "working_dir": {"type": "string", "description": "absolute path; default the VM's"},
+                    "user": {"type": "string", "description": "NAME, UID or UID:GID; default the VM's"},
+                    "restart": {"type": "string", "enum": ["never", "on-failure", "always"], "default": "never"}}},
                 "Vm": {"type": "object", "properties": {
                     "id": {"type": "string"}, "name": {"type": "string"}, "image": {"type": "string"},
                     "vcpus": {"type": "integer"}, "memory_mib": {"type": "integer"}, "disk_mib": {"type": "integer"},

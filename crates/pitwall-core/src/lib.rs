@@ -16,7 +16,10 @@ pub mod state;
 pub use image_ref::{ImageRef, ImageRefError};
 pub use name::{NameError, VmName};
 pub use policy::{ExceedsParent, OverQuota, Policy, Usage};
-pub use spec::{RunConfig, RunOverrides, SpecError, VmSpec, LIMITS};
+pub use spec::{
+    ResolvedService, RestartPolicy, RunConfig, RunOverrides, ServiceSpec, SpecError, VmSpec,
+    LIMITS, MAX_SERVICES,
+};
 pub use state::{DesiredState, TransitionError, VmState};
 
 /// Identifier of a VM: a UUID, stable for the VM's whole life, never reused.

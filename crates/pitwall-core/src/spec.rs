@@ -72,6 +72,117 @@ pub struct RunOverrides {
     pub working_dir: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The processes the VM's init supervises. Empty: one, `main`, running the program above
+    /// with restart policy `never` (the VM stops when it ends).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceSpec>,
+}
+
+/// When the guest's init starts a service again after it ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never: once it ended, it stays ended.
+    #[default]
+    Never,
+    /// When it exits non-zero or is killed by a signal (with backoff).
+    OnFailure,
+    /// Whenever it ends (with backoff).
+    Always,
+}
+
+impl RestartPolicy {
+    pub const ALL: [RestartPolicy; 3] = [Self::Never, Self::OnFailure, Self::Always];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Never => "never",
+            Self::OnFailure => "on-failure",
+            Self::Always => "always",
+        }
+    }
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("restart policy {s:?} is not one of never, on-failure, always"))
+    }
+}
+
+/// One process the VM's init supervises (powerunit's services): the first declared one is
+/// the VM's main process — the VM stops (with its exit code) when it has ended for good.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// `[a-z0-9][a-z0-9_-]*`, at most 32 bytes, unique in the VM: names its log
+    /// (`/var/log/pitwall/NAME.log` in the guest) and its console lines.
+    pub name: String,
+    /// The program and its arguments; empty: the VM's program (the image's Entrypoint and
+    /// Cmd, after the overrides).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// `KEY=value` entries added to the VM's environment for this service.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Absolute; absent: the VM's working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// NAME, UID or UID:GID; absent: the VM's user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub restart: RestartPolicy,
+}
+
+/// Most services one VM may declare.
+pub const MAX_SERVICES: usize = 16;
+
+/// A service as the guest gets it: the VM's run configuration filled in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedService {
+    pub name: String,
+    pub argv: Vec<String>,
+    /// Added to the VM's environment.
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub restart: RestartPolicy,
+}
+
+impl ServiceSpec {
+    /// Filled in from the VM's run configuration `run`; `None` when the service names no
+    /// command and the VM has none either.
+    pub fn resolve(&self, run: &RunConfig) -> Option<ResolvedService> {
+        let argv = if self.command.is_empty() {
+            run.argv.clone()
+        } else {
+            self.command.clone()
+        };
+        (!argv.is_empty()).then(|| ResolvedService {
+            name: self.name.clone(),
+            argv,
+            env: self.env.clone(),
+            working_dir: self
+                .working_dir
+                .clone()
+                .unwrap_or_else(|| run.working_dir.clone()),
+            user: self.user.clone().unwrap_or_else(|| run.user.clone()),
+            restart: self.restart,
+        })
+    }
+}
+
+fn valid_service_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
 /// The run configuration a VM gets: its image's, with the overrides applied.
@@ -135,17 +246,8 @@ impl RunOverrides {
         {
             return err("entrypoint", "the program (first entry) is empty".into());
         }
-        for e in &self.env {
-            match e.split_once('=') {
-                Some((k, _)) if !k.is_empty() => {}
-                _ => {
-                    return err(
-                        "env",
-                        format!("{e:?} is not KEY=value: give each variable as KEY=value"),
-                    )
-                }
-            }
-        }
+        check_env("env", &self.env)?;
+        total += self.validate_services()?;
         if total > MAX_RUN_OVERRIDE_BYTES {
             return err(
                 "run overrides",
@@ -156,6 +258,66 @@ impl RunOverrides {
             );
         }
         Ok(())
+    }
+
+    /// Checks the declared services (see [`ServiceSpec`]); the bytes they hold.
+    fn validate_services(&self) -> Result<usize, SpecError> {
+        let err = |problem: String| {
+            Err(SpecError::Run {
+                field: "services",
+                problem,
+            })
+        };
+        if self.services.len() > MAX_SERVICES {
+            return err(format!(
+                "{} declared, at most {MAX_SERVICES} allowed",
+                self.services.len()
+            ));
+        }
+        let mut total = 0usize;
+        for (i, svc) in self.services.iter().enumerate() {
+            let n = &svc.name;
+            if !valid_service_name(n) {
+                return err(format!(
+                    "name {n:?} is not a service name: 1 to 32 of a-z, 0-9, '_' and '-', starting with a letter or digit"
+                ));
+            }
+            if self.services[..i].iter().any(|o| &o.name == n) {
+                return err(format!(
+                    "{n:?} is declared twice: give each service its own name"
+                ));
+            }
+            if svc.command.first().is_some_and(String::is_empty) {
+                return err(format!(
+                    "{n}: the program (first entry of command) is empty"
+                ));
+            }
+            for v in svc.command.iter().chain(&svc.env) {
+                total += v.len() + 1;
+                if v.contains('\0') {
+                    return err(format!("{n}: an entry contains a NUL byte"));
+                }
+            }
+            if let Some(problem) = env_problem(&svc.env) {
+                return err(format!("{n}: env {problem}"));
+            }
+            for v in [&svc.working_dir, &svc.user].into_iter().flatten() {
+                total += v.len();
+                if v.contains('\0') || v.contains('\n') {
+                    return err(format!(
+                        "{n}: working_dir or user contains a NUL byte or a newline"
+                    ));
+                }
+            }
+            if let Some(wd) = &svc.working_dir {
+                if !wd.starts_with('/') {
+                    return err(format!(
+                        "{n}: working_dir {wd:?} is not absolute: give a path starting with /"
+                    ));
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// The run configuration of a VM whose image has the given values, as `docker run` does
@@ -196,6 +358,21 @@ impl RunOverrides {
                 .to_string(),
             user: self.user.as_deref().unwrap_or(user).to_string(),
         }
+    }
+}
+
+/// What is wrong with an environment list, if anything: each entry must be `KEY=value`
+/// with a non-empty key.
+fn env_problem(env: &[String]) -> Option<String> {
+    env.iter()
+        .find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+        .map(|e| format!("{e:?} is not KEY=value: give each variable as KEY=value"))
+}
+
+fn check_env(field: &'static str, env: &[String]) -> Result<(), SpecError> {
+    match env_problem(env) {
+        Some(problem) => Err(SpecError::Run { field, problem }),
+        None => Ok(()),
     }
 }
 
@@ -356,6 +533,7 @@ mod tests {
             env: strings(&["A=2", "B=3"]),
             working_dir: Some("/".into()),
             user: Some("0:0".into()),
+            services: vec![],
         };
         let r = resolve(&both);
         assert_eq!(r.argv, strings(&["/bin/sh", "-c", "true"]));
@@ -418,5 +596,110 @@ mod tests {
         assert!(json.get("run").is_none(), "{json}");
         let back: VmSpec = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
+    }
+
+    fn svc(name: &str, command: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            command: strings(command),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn services_are_checked_and_each_bad_one_named() {
+        let with = |services: Vec<ServiceSpec>| RunOverrides {
+            services,
+            ..Default::default()
+        };
+        let ok = with(vec![
+            svc("web", &["/usr/bin/web", "--port", "80"]),
+            ServiceSpec {
+                restart: RestartPolicy::Always,
+                working_dir: Some("/srv".into()),
+                env: strings(&["A=1"]),
+                ..svc("main", &[])
+            },
+        ]);
+        assert_eq!(ok.validate(), Ok(()));
+        let cases = [
+            (with(vec![svc("Web", &["x"])]), "not a service name"),
+            (with(vec![svc("", &["x"])]), "not a service name"),
+            (
+                with(vec![svc(&"a".repeat(33), &["x"])]),
+                "not a service name",
+            ),
+            (
+                with(vec![svc("a", &["x"]), svc("a", &["y"])]),
+                "declared twice",
+            ),
+            (with(vec![svc("a", &["", "y"])]), "program"),
+            (
+                with(vec![ServiceSpec {
+                    env: strings(&["=1"]),
+                    ..svc("a", &["x"])
+                }]),
+                "a: env",
+            ),
+            (
+                with(vec![ServiceSpec {
+                    working_dir: Some("srv".into()),
+                    ..svc("a", &["x"])
+                }]),
+                "not absolute",
+            ),
+            (
+                with((0..17).map(|i| svc(&format!("s{i}"), &["x"])).collect()),
+                "at most 16",
+            ),
+        ];
+        for (o, expect) in cases {
+            let e = o.validate().expect_err(expect).to_string();
+            assert!(e.starts_with("services: ") && e.contains(expect), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_service_without_command_runs_the_vms_program_and_inherits_its_settings() {
+        let run = RunConfig {
+            argv: strings(&["/bin/app", "serve"]),
+            env: strings(&["A=1"]),
+            working_dir: "/app".into(),
+            user: "app".into(),
+        };
+        let main = ServiceSpec {
+            restart: RestartPolicy::OnFailure,
+            ..svc("main", &[])
+        };
+        assert_eq!(
+            main.resolve(&run),
+            Some(ResolvedService {
+                name: "main".into(),
+                argv: strings(&["/bin/app", "serve"]),
+                env: vec![],
+                working_dir: "/app".into(),
+                user: "app".into(),
+                restart: RestartPolicy::OnFailure,
+            })
+        );
+        let own = ServiceSpec {
+            user: Some("root".into()),
+            ..svc("cron", &["/bin/cron"])
+        };
+        let r = own.resolve(&run).unwrap();
+        assert_eq!((r.argv, r.user), (strings(&["/bin/cron"]), "root".into()));
+        assert_eq!(main.resolve(&RunConfig::default()), None, "nothing to run");
+    }
+
+    #[test]
+    fn restart_policies_read_and_write_as_kebab_case() {
+        for p in RestartPolicy::ALL {
+            assert_eq!(p.as_str().parse::<RestartPolicy>(), Ok(p));
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+        }
+        assert!("sometimes"
+            .parse::<RestartPolicy>()
+            .unwrap_err()
+            .contains("never, on-failure, always"));
     }
 }

@@ -279,10 +279,31 @@ impl Actor {
         let run = spec
             .run
             .resolve(&c.entrypoint, &c.cmd, &c.env, &c.working_dir, &c.user);
-        if run.argv.is_empty() {
-            return Err(format!(
-                "image {reference} has neither Entrypoint nor Cmd, and none was given at create: nothing to run in the VM (give --cmd or --entrypoint)"
-            ));
+        // Declared services, or "main" running the program; each needs something to run.
+        let declared = if spec.run.services.is_empty() {
+            vec![pitwall_core::ServiceSpec {
+                name: "main".into(),
+                ..Default::default()
+            }]
+        } else {
+            spec.run.services.clone()
+        };
+        let mut services = Vec::with_capacity(declared.len());
+        for svc in &declared {
+            let Some(r) = svc.resolve(&run) else {
+                return Err(format!(
+                    "image {reference} has neither Entrypoint nor Cmd, and none was given at create: nothing to run as service {:?} (give a command after -- or with --service NAME=COMMAND)",
+                    svc.name
+                ));
+            };
+            services.push(pitwall_proto::v1::Service {
+                name: r.name,
+                argv: r.argv,
+                env: r.env,
+                working_dir: r.working_dir,
+                user: r.user,
+                restart: pitwall_proto::v1::RestartPolicy::from(r.restart).into(),
+            });
         }
         let guest = GuestConfig {
             vm_id: self.rec.id.to_string(),
@@ -294,7 +315,7 @@ impl Actor {
             base_label: pitwall_vmm::BASE_LABEL.into(),
             data_label: pitwall_vmm::DATA_LABEL.into(),
             network: self.nic.as_ref().map(guest_network),
-            services: vec![],
+            services,
             // Always on (every VM's `ssh` service): the owner's keys from create time, and
             // certificates of the deployment's SSH CA naming this VM.
             ssh: Some(GuestSsh {

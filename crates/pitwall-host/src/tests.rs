@@ -459,6 +459,21 @@ async fn run_overrides_reach_the_guests_config_disk() {
             env: vec!["A=1".into()],
             working_dir: Some("/srv".into()),
             user: Some("1000".into()),
+            services: vec![
+                pitwall_core::ServiceSpec {
+                    name: "app".into(),
+                    restart: pitwall_core::RestartPolicy::Always,
+                    ..Default::default()
+                },
+                pitwall_core::ServiceSpec {
+                    name: "cron".into(),
+                    command: vec!["/bin/cron".into()],
+                    env: vec!["B=2".into()],
+                    user: Some("0".into()),
+                    restart: pitwall_core::RestartPolicy::OnFailure,
+                    ..Default::default()
+                },
+            ],
         },
     ));
     h.create_with(id, 1, true, s).await;
@@ -470,12 +485,45 @@ async fn run_overrides_reach_the_guests_config_disk() {
         (guest.working_dir.as_str(), guest.user.as_str()),
         ("/srv", "1000")
     );
+    // Declared services: one without a command runs the VM's program with its settings.
+    use pitwall_proto::v1::{RestartPolicy, Service};
+    assert_eq!(
+        guest.services,
+        [
+            Service {
+                name: "app".into(),
+                argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+                env: vec![],
+                working_dir: "/srv".into(),
+                user: "1000".into(),
+                restart: RestartPolicy::Always.into(),
+            },
+            Service {
+                name: "cron".into(),
+                argv: vec!["/bin/cron".into()],
+                env: vec!["B=2".into()],
+                working_dir: "/srv".into(),
+                user: "0".into(),
+                restart: RestartPolicy::OnFailure.into(),
+            },
+        ]
+    );
     // Without overrides the image's own configuration stands.
     let other = Uuid::new_v4();
     h.create_with(other, 1, true, spec("plain", IMAGE)).await;
     let cfg = h.vmm.launch_number(2).await.cfg;
     let guest = pitwall_vmm::disk::read_config_disk(&cfg.disks[2].path).unwrap();
     assert_eq!(guest.argv, ["/bin/true"]);
+    let main: Vec<_> = guest
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.argv.clone(), s.restart))
+        .collect();
+    assert_eq!(
+        main,
+        [("main", vec!["/bin/true".to_string()], 0)],
+        "one never-restarted main"
+    );
     h.expect_states(id, &[VmState::Creating, VmState::Starting])
         .await;
 }

@@ -1,7 +1,7 @@
 //! Conversions between `pitwall-core`'s states and the wire enums. The wire's `UNSPECIFIED`
 //! (proto3's zero default) has no domain meaning and is refused.
 
-use pitwall_core::{DesiredState, RunOverrides, VmState};
+use pitwall_core::{DesiredState, RestartPolicy, RunOverrides, ServiceSpec, VmState};
 
 use crate::v1;
 use crate::ProtoError;
@@ -19,6 +19,7 @@ impl From<&RunOverrides> for v1::RunOverrides {
             env: r.env.clone(),
             working_dir: r.working_dir.clone(),
             user: r.user.clone(),
+            services: r.services.iter().map(v1::Service::from).collect(),
         }
     }
 }
@@ -31,6 +32,59 @@ impl From<&v1::RunOverrides> for RunOverrides {
             env: r.env.clone(),
             working_dir: r.working_dir.clone(),
             user: r.user.clone(),
+            services: r.services.iter().map(ServiceSpec::from).collect(),
+        }
+    }
+}
+
+impl From<RestartPolicy> for v1::RestartPolicy {
+    fn from(p: RestartPolicy) -> Self {
+        match p {
+            RestartPolicy::Never => v1::RestartPolicy::Never,
+            RestartPolicy::OnFailure => v1::RestartPolicy::OnFailure,
+            RestartPolicy::Always => v1::RestartPolicy::Always,
+        }
+    }
+}
+
+impl From<v1::RestartPolicy> for RestartPolicy {
+    fn from(p: v1::RestartPolicy) -> Self {
+        match p {
+            v1::RestartPolicy::Never => RestartPolicy::Never,
+            v1::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
+            v1::RestartPolicy::Always => RestartPolicy::Always,
+        }
+    }
+}
+
+/// A declared service on the wire: absent working dir and user travel as empty strings
+/// (the VM's own).
+impl From<&ServiceSpec> for v1::Service {
+    fn from(s: &ServiceSpec) -> Self {
+        Self {
+            name: s.name.clone(),
+            argv: s.command.clone(),
+            env: s.env.clone(),
+            working_dir: s.working_dir.clone().unwrap_or_default(),
+            user: s.user.clone().unwrap_or_default(),
+            restart: v1::RestartPolicy::from(s.restart).into(),
+        }
+    }
+}
+
+impl From<&v1::Service> for ServiceSpec {
+    fn from(s: &v1::Service) -> Self {
+        let some = |v: &String| (!v.is_empty()).then(|| v.clone());
+        Self {
+            name: s.name.clone(),
+            command: s.argv.clone(),
+            env: s.env.clone(),
+            working_dir: some(&s.working_dir),
+            user: some(&s.user),
+            // An unknown value (a newer sender) is the safe default.
+            restart: v1::RestartPolicy::try_from(s.restart)
+                .unwrap_or_default()
+                .into(),
         }
     }
 }
@@ -231,6 +285,21 @@ mod run_tests {
                 env: vec!["A=1".into()],
                 working_dir: Some(String::new()),
                 user: Some("1000".into()),
+                services: vec![
+                    ServiceSpec {
+                        name: "main".into(),
+                        restart: RestartPolicy::Always,
+                        ..Default::default()
+                    },
+                    ServiceSpec {
+                        name: "cron".into(),
+                        command: vec!["/bin/cron".into(), "-f".into()],
+                        env: vec!["A=1".into()],
+                        working_dir: Some("/srv".into()),
+                        user: Some("www".into()),
+                        restart: RestartPolicy::OnFailure,
+                    },
+                ],
             },
         ];
         for r in cases {

@@ -377,3 +377,45 @@ fn login_logout_and_health_manage_without_the_stored_token() {
     assert!(parse(&["whoami"]).unwrap().command.uses_token());
     assert!(parse(&["vm", "list"]).unwrap().command.uses_token());
 }
+
+#[test]
+fn a_service_is_name_policy_and_a_shell_split_command() {
+    let s = parse_service("web:always=/usr/bin/web --root '/srv/my site'").unwrap();
+    assert_eq!(s.name, "web");
+    assert_eq!(s.restart, pitwall_api::RestartPolicy::Always);
+    assert_eq!(s.command, ["/usr/bin/web", "--root", "/srv/my site"]);
+    let main = parse_service("main").unwrap();
+    assert_eq!(
+        (main.name.as_str(), main.restart, main.command.len()),
+        ("main", pitwall_api::RestartPolicy::Never, 0)
+    );
+    let e = parse_service("x:on-failure").unwrap();
+    assert_eq!(e.restart, pitwall_api::RestartPolicy::OnFailure);
+    for (bad, why) in [
+        ("web:sometimes=/x", "never, on-failure, always"),
+        ("=/x", "no service name"),
+        ("web=", "empty command"),
+        ("web='/x", "unclosed quote"),
+    ] {
+        let e = parse_service(bad).unwrap_err();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+    let cli = Cli::try_parse_from([
+        "pitwall",
+        "vm",
+        "create",
+        "v",
+        "--image",
+        "i",
+        "--service",
+        "a=/bin/a",
+        "--service",
+        "b:always",
+    ])
+    .unwrap();
+    let Command::Vm(VmCommand::Create(c)) = cli.command else {
+        panic!("not vm create");
+    };
+    let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+}

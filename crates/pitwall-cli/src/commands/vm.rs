@@ -66,6 +66,7 @@ async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<()> {
             env: a.env,
             working_dir: a.workdir,
             user: a.user,
+            services: a.services,
         },
     };
     let vm = ctx.client.create_vm(&req).await?;

@@ -242,6 +242,12 @@ pub async fn run_overrides_and_exposed_ports_are_kept(store: Arc<dyn Store>) -> 
         env: vec!["A=1".into(), "EMPTY=".into()],
         working_dir: Some("/srv".into()),
         user: Some("1000:1000".into()),
+        services: vec![pitwall_core::ServiceSpec {
+            name: "web".into(),
+            command: vec!["/bin/httpd".into(), "-f".into()],
+            restart: pitwall_core::RestartPolicy::OnFailure,
+            ..Default::default()
+        }],
     };
     vm.exposed_ports = vec!["53/udp".into(), "80/tcp".into()];
     store.create_vm(&vm, &[]).await?;

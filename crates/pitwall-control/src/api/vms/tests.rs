@@ -133,6 +133,15 @@ async fn bad_run_overrides_are_refused_naming_the_field() {
         (json!({ "cmd": ["a\0b"] }), "cmd"),
         (json!({ "entrypoint": "/bin/sh" }), "entrypoint"),
         (json!({ "command": ["x"] }), "command"),
+        (
+            json!({ "services": [{ "name": "a" }, { "name": "a" }] }),
+            "declared twice",
+        ),
+        (
+            json!({ "services": [{ "name": "web", "restart": "sometimes" }] }),
+            "restart",
+        ),
+        (json!({ "services": [{ "name": "Web" }] }), "services"),
     ] {
         let body = json_body(json!({ "name": "web", "image": IMAGE, "run": run }));
         let e = refused_create(&h, body, StatusCode::BAD_REQUEST, "invalid_argument").await;
