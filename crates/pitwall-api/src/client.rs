@@ -287,6 +287,25 @@ impl Client {
         .await
     }
 
+    /// Run a command in a RUNNING VM to completion (through its init's agent). The HTTP
+    /// timeout follows the command's.
+    pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResponse, ClientError> {
+        let wait = Duration::from_millis(u64::from(req.timeout_ms.unwrap_or(60_000)))
+            + Duration::from_secs(30);
+        self.json(
+            self.post(&format!("/v1/vms/{}/exec", seg(name)))
+                .json(req)
+                .timeout(wait),
+        )
+        .await
+    }
+
+    /// The services a RUNNING VM's init supervises.
+    pub async fn services(&self, name: &str) -> Result<Vec<ServiceStatus>, ClientError> {
+        self.json(self.get(&format!("/v1/vms/{}/services", seg(name))))
+            .await
+    }
+
     /// The deployment's SSH CA public key.
     pub async fn ssh_ca(&self) -> Result<SshCa, ClientError> {
         self.json(self.get("/v1/ssh/ca")).await

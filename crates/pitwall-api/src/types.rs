@@ -458,3 +458,75 @@ pub struct AuditEntry {
 pub struct AuditList {
     pub entries: Vec<AuditEntry>,
 }
+
+/// `POST /v1/vms/{name}/exec`: run a command in a RUNNING VM to completion, through its
+/// init's agent (not SSH).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Program and arguments (the program is looked up on the VM's `PATH`).
+    pub command: Vec<String>,
+    /// `KEY=value` entries added to the VM's environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Absolute; default the VM's working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// NAME, UID or UID:GID; default the VM's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Bytes written to its standard input (then closed), base64; at most 1 MiB.
+    #[serde(default, with = "base64_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub stdin: Vec<u8>,
+    /// Killed after this long (default 60 000, at most 3 600 000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+}
+
+/// What a command run with [`ExecRequest`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResponse {
+    /// Exit code, or 128+signal.
+    pub code: i32,
+    /// Standard output, base64 (at most 1 MiB; more is cut).
+    #[serde(with = "base64_bytes")]
+    pub stdout: Vec<u8>,
+    /// Standard error, base64 (at most 1 MiB).
+    #[serde(with = "base64_bytes")]
+    pub stderr: Vec<u8>,
+    /// True when it was killed at the timeout.
+    pub timed_out: bool,
+}
+
+/// One service the VM's init supervises (`GET /v1/vms/{name}/services`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// `starting`, `running`, `backoff` (waiting to restart) or `exited` (for good).
+    pub state: String,
+    /// While running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    /// Of the last exit: code, or 128+signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<i32>,
+    pub restart: RestartPolicy,
+}
+
+/// Bytes as standard base64 in JSON.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("not base64: {e}")))
+    }
+}

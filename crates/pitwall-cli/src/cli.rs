@@ -117,6 +117,9 @@ pub enum Command {
     Grant(GrantArgs),
     /// Open a shell on a VM, or run a command there, over SSH through the edge
     Ssh(SshArgs),
+    /// Run a command in a RUNNING VM through its init's agent (no SSH, no network); prints
+    /// its output and exits with its status
+    Exec(ExecArgs),
     /// OpenSSH configuration for your VMs (`ssh web.pitwall`, scp, editors), through the edge
     SshConfig {
         /// Write it to $XDG_CONFIG_HOME/pitwall/ssh/config instead of printing it
@@ -153,6 +156,7 @@ impl Command {
             Command::Grant(a) => Some(&a.vm),
             Command::Proxy(a) => Some(&a.vm),
             Command::Ssh(a) => Some(&a.vm),
+            Command::Exec(a) => Some(&a.vm),
             Command::SshCertificate { vm } => Some(vm),
             Command::PortForward(a) => Some(&a.vm),
             _ => None,
@@ -202,6 +206,11 @@ pub enum VmCommand {
     Wait(WaitArgs),
     /// Print the VM's captured serial console
     Console(ConsoleArgs),
+    /// List the services a RUNNING VM's init supervises (state, restarts, last exit)
+    Services {
+        /// VM name
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -511,6 +520,30 @@ pub struct SshArgs {
     /// Run this command instead of a shell (`pitwall ssh web -- ls -l /`); the exit status is
     /// the command's
     #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The VM (`NAME` or `OWNER:NAME`)
+    pub vm: String,
+    /// Set an environment variable for the command (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory (absolute) instead of the VM's
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User (NAME, UID or UID:GID) instead of the VM's
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Send standard input to the command (read to its end first; at most 1 MiB)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Kill the command after this long, e.g. 30s, 10m
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 

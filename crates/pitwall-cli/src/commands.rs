@@ -74,6 +74,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Grant(a) => grant::run(ctx, a).await,
         Command::Proxy(a) => proxy::proxy(ctx, a).await,
         Command::Ssh(a) => ssh::run(ctx, a).await,
+        Command::Exec(a) => vm::exec(ctx, a).await,
         Command::SshConfig { write } => ssh::config(ctx, write).await,
         Command::SshCertificate { vm } => ssh::certificate(ctx, &vm).await,
         Command::PortForward(a) => proxy::port_forward(ctx, a).await,

@@ -141,6 +141,26 @@ pub fn vm_table(vms: &[Vm], now: OffsetDateTime) -> String {
     )
 }
 
+pub fn service_table(services: &[pitwall_api::ServiceStatus]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.state.clone(),
+                s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                s.restart.as_str().to_string(),
+                s.restarts.to_string(),
+                s.last_exit.map_or_else(|| "-".into(), |c| c.to_string()),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "STATE", "PID", "RESTART", "RESTARTS", "LAST EXIT"],
+        &rows,
+    )
+}
+
 pub fn vm_details(vm: &Vm, now: OffsetDateTime) -> String {
     let mut pairs = vec![
         ("name", vm.name.clone()),

@@ -23,6 +23,7 @@ pub mod connect;
 mod events;
 mod grants;
 pub(crate) mod guard;
+mod guest;
 mod images;
 mod quota;
 mod session;
@@ -48,6 +49,8 @@ pub(crate) fn router(control: Control) -> Router {
         .route("/v1/vms/{name}/stop", post(vms::stop))
         .route("/v1/vms/{name}/wait", get(vms::wait))
         .route("/v1/vms/{name}/console", get(vms::console))
+        .route("/v1/vms/{name}/exec", post(guest::exec))
+        .route("/v1/vms/{name}/services", get(guest::services))
         .route("/v1/vms/{name}/grants", get(grants::list))
         .route("/v1/vms/{name}/ssh/certificate", post(ssh::certificate))
         .route("/v1/vms/{name}/connect/{service}", get(connect::connect))

@@ -59,7 +59,7 @@ impl Control {
         let result = match env.payload.clone() {
             Some(Payload::VmStatus(s)) => self.on_status(&s).await,
             Some(Payload::HostHeartbeat(hb)) => self.on_heartbeat(&hb).await,
-            Some(Payload::ImageStatus(_)) | Some(Payload::ConsoleOutput(_)) => {
+            Some(Payload::ImageStatus(_) | Payload::ConsoleOutput(_) | Payload::GuestAnswer(_)) => {
                 self.on_reply(env);
                 Ok(())
             }

@@ -131,6 +131,16 @@ pub(crate) fn document() -> Value {
                 "put": {"summary": "Let a user connect to the VM's services (owner or admin; idempotent: 201 new, 200 already)", "responses": ok("VmGrant", "201")},
                 "delete": {"summary": "Take a user's access back", "responses": {"204": {"description": "revoked"}, "404": {"description": "no such grant"}}}
             },
+            "/v1/vms/{name}/exec": {
+                "parameters": [name_param()],
+                "post": {"summary": "Run a command in a RUNNING VM to completion, through its init's agent (owner, group or admin); 409 not RUNNING, 502 guest_error",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExecRequest"}}}},
+                    "responses": ok("ExecResponse", "200")}
+            },
+            "/v1/vms/{name}/services": {
+                "parameters": [name_param()],
+                "get": {"summary": "The services a RUNNING VM's init supervises; 409 not RUNNING", "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/ServiceStatus"}}}}}}}
+            },
             "/v1/vms/{name}/ssh/certificate": {
                 "parameters": [name_param()],
                 "post": {"summary": "A short-lived SSH user certificate for this VM (owner, group, admin or grantee)",
@@ -233,6 +243,22 @@ pub(crate) fn document() -> Value {
                     "exposed_ports": {"type": "array", "items": {"type": "string"}, "description": "the image's ExposedPorts when the VM was created"},
                     "address": {"type": ["string", "null"], "description": "the VM's IPv4 address on its host's bridge, once it has one"},
                     "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
+                "ExecRequest": {"type": "object", "additionalProperties": false, "required": ["command"], "properties": {
+                    "command": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                    "env": {"type": "array", "items": {"type": "string", "pattern": "^[^=]+="}},
+                    "working_dir": {"type": "string"}, "user": {"type": "string"},
+                    "stdin": {"type": "string", "contentEncoding": "base64", "description": "at most 1 MiB"},
+                    "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 3600000, "default": 60000}}},
+                "ExecResponse": {"type": "object", "properties": {
+                    "code": {"type": "integer", "description": "exit code, or 128+signal"},
+                    "stdout": {"type": "string", "contentEncoding": "base64"},
+                    "stderr": {"type": "string", "contentEncoding": "base64"},
+                    "timed_out": {"type": "boolean"}}},
+                "ServiceStatus": {"type": "object", "properties": {
+                    "name": {"type": "string"},
+                    "state": {"type": "string", "enum": ["starting", "running", "backoff", "exited"]},
+                    "pid": {"type": "integer"}, "restarts": {"type": "integer"}, "last_exit": {"type": "integer"},
+                    "restart": {"type": "string", "enum": ["never", "on-failure", "always"]}}},
                 "SshCertificateRequest": {"type": "object", "required": ["public_key"], "properties": {"public_key": {"type": "string"}, "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 3600}}},
                 "SshCertificate": {"type": "object", "properties": {"certificate": {"type": "string"}, "principals": {"type": "array", "items": {"type": "string"}}, "key_id": {"type": "string"}, "serial": {"type": "integer"}, "valid_after": {"type": "integer"}, "valid_before": {"type": "integer"}, "ca_public_key": {"type": "string"}}},
                 "SshCa": {"type": "object", "properties": {"public_key": {"type": "string"}}},
@@ -292,6 +318,8 @@ pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/vms/{name}/stop", &["post"]),
     ("/v1/vms/{name}/wait", &["get"]),
     ("/v1/vms/{name}/console", &["get"]),
+    ("/v1/vms/{name}/exec", &["post"]),
+    ("/v1/vms/{name}/services", &["get"]),
     ("/v1/vms/{name}/grants", &["get"]),
     ("/v1/vms/{name}/grants/{user}", &["put", "delete"]),
     ("/v1/vms/{name}/ssh/certificate", &["post"]),

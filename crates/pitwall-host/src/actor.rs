@@ -32,6 +32,8 @@ pub(crate) struct Handle {
     /// Held by every writer of `vm.json` (the actor and `apply_wish`) for its
     /// read-modify-write, so neither overwrites the other's newer data.
     pub save_lock: Arc<Mutex<()>>,
+    /// The VMM while the VM is RUNNING, for questions to its guest (exec, services).
+    pub running: Arc<Mutex<Option<Arc<dyn VmInstance>>>>,
 }
 
 struct Actor {
@@ -39,7 +41,9 @@ struct Actor {
     dir: PathBuf,
     rec: VmRecord,
     wish_rx: watch::Receiver<Wish>,
-    inst: Option<Box<dyn VmInstance>>,
+    inst: Option<Arc<dyn VmInstance>>,
+    /// [`Handle::running`].
+    running: Arc<Mutex<Option<Arc<dyn VmInstance>>>>,
     status: Arc<Mutex<(VmState, u64, Option<String>)>>,
     save_lock: Arc<Mutex<()>>,
     /// Generation of the last status published.
@@ -61,7 +65,9 @@ impl Host {
         )));
         let id = rec.id;
         let save_lock = Arc::new(Mutex::new(()));
+        let running = Arc::new(Mutex::new(None));
         let actor = Actor {
+            running: running.clone(),
             host: self.clone(),
             dir: dir.clone(),
             reported: 0,
@@ -84,6 +90,7 @@ impl Host {
                     status,
                     dir,
                     save_lock,
+                    running,
                 },
             );
         tokio::spawn(actor.run());
@@ -123,7 +130,7 @@ impl Actor {
                     pid = inst.pid(),
                     "re-attached to a running VMM"
                 );
-                self.inst = Some(inst);
+                self.inst = Some(Arc::from(inst));
             }
             Ok(None) => {}
             Err(e) => warn!(vm = self.name(), error = %e, "cannot re-attach"),
@@ -213,6 +220,8 @@ impl Actor {
         }
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) =
             (state, generation, reason.clone());
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) =
+            self.inst.clone().filter(|_| state == VmState::Running);
         self.reported = generation;
         info!(vm = self.name(), vm_id = %self.rec.id, state = %state, generation, "VM state");
         let status = self.status_message(state, reason);
@@ -412,12 +421,12 @@ impl Actor {
             Err(e) => return self.fail(e.to_string()).await,
         };
         info!(vm = self.name(), pid = inst.pid(), "VMM started");
-        self.await_boot(inst).await;
+        self.await_boot(Arc::from(inst)).await;
     }
 
     /// Wait for the guest's readiness, unless a new wish comes first (the run loop then
     /// deals with the VMM, which is kept either way).
-    async fn await_boot(&mut self, inst: Box<dyn VmInstance>) {
+    async fn await_boot(&mut self, inst: Arc<dyn VmInstance>) {
         let timeout = self.host.inner.cfg.boot_timeout;
         let ready = tokio::select! {
             r = inst.wait_ready(timeout) => Some(r),

@@ -10,14 +10,21 @@ use pitwall_image::registry::PullProgress;
 use pitwall_image::ImageCache;
 use pitwall_image::ImageError;
 use pitwall_proto::v1::{
-    envelope::Payload, image_command, image_progress, vm_command, BlobProgress, ConsoleOutput,
-    Envelope, ImageCommand, ImageErrorKind, ImageProgress, ImageStatus, VmCommand,
+    envelope::Payload, guest_answer, image_command, image_progress, vm_command, BlobProgress,
+    ConsoleOutput, Envelope, GuestAnswer, ImageCommand, ImageErrorKind, ImageProgress, ImageStatus,
+    ServiceList, VmCommand,
 };
 use pitwall_proto::{decode_envelope, encode_envelope, routing};
 use tracing::{debug, info, warn};
 
 use crate::record::{Spec, VmRecord, Wish};
 use crate::{Host, HostError};
+
+/// What [`Host::answer_guest`] asks the guest.
+enum GuestQuestion {
+    Exec(pitwall_proto::v1::Exec),
+    Services,
+}
 
 const PREFETCH: u16 = 64;
 
@@ -85,6 +92,14 @@ impl Host {
             Some(vm_command::Command::Delete(d)) => (DesiredState::Deleted, None, d.timeout_ms),
             Some(vm_command::Command::ReadConsole(r)) => {
                 self.answer_console(env, id, r.max_bytes).await;
+                return Ok(());
+            }
+            Some(vm_command::Command::Exec(x)) => {
+                self.answer_guest(env.clone(), id, GuestQuestion::Exec(x));
+                return Ok(());
+            }
+            Some(vm_command::Command::ListServices(_)) => {
+                self.answer_guest(env.clone(), id, GuestQuestion::Services);
                 return Ok(());
             }
             None => return Ok(()),
@@ -210,6 +225,44 @@ impl Host {
         if let Err(e) = self.inner.bus.publish(key, encode_envelope(&env)).await {
             warn!(error = %e, "reply not sent");
         }
+    }
+
+    /// Put a question to the guest's agent of a RUNNING VM, in the background (an exec may
+    /// take minutes), and answer the asker with what it said.
+    fn answer_guest(&self, env: Envelope, id: uuid::Uuid, q: GuestQuestion) {
+        let host = self.clone();
+        tokio::spawn(async move {
+            let inst = host
+                .inner
+                .vms
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .map(|h| h.running.lock().unwrap_or_else(|p| p.into_inner()).clone());
+            let mut out = GuestAnswer {
+                vm_id: id.to_string(),
+                ..Default::default()
+            };
+            match inst {
+                None => out.error = format!("host {} holds no VM {id}", host.inner.cfg.name),
+                Some(None) => out.error = "the VM is not RUNNING".into(),
+                Some(Some(inst)) => {
+                    let answer = match q {
+                        GuestQuestion::Exec(x) => {
+                            inst.exec(x).await.map(guest_answer::Answer::Exec)
+                        }
+                        GuestQuestion::Services => inst.services().await.map(|services| {
+                            guest_answer::Answer::Services(ServiceList { services })
+                        }),
+                    };
+                    match answer {
+                        Ok(a) => out.answer = Some(a),
+                        Err(e) => out.error = e.to_string(),
+                    }
+                }
+            }
+            host.reply(&env, Payload::GuestAnswer(out)).await;
+        });
     }
 
     async fn answer_console(&self, env: &Envelope, id: uuid::Uuid, max_bytes: u32) {

@@ -166,6 +166,35 @@ impl VmInstance for FakeInstance {
         }))
     }
 
+    /// The fake guest's agent: `echo` prints its arguments, `false` exits 1, anything else
+    /// is not found (127).
+    async fn exec(
+        &self,
+        req: pitwall_proto::v1::Exec,
+    ) -> Result<pitwall_proto::v1::ExecResult, VmmError> {
+        let (code, stdout, stderr) = match req.argv.first().map(String::as_str) {
+            Some("echo") => (0, format!("{}\n", req.argv[1..].join(" ")), String::new()),
+            Some("false") => (1, String::new(), String::new()),
+            other => (127, String::new(), format!("{other:?}: not found\n")),
+        };
+        Ok(pitwall_proto::v1::ExecResult {
+            code,
+            stdout: stdout.into_bytes(),
+            stderr: stderr.into_bytes(),
+            timed_out: false,
+        })
+    }
+
+    /// The fake guest runs one service, `main`, never restarted.
+    async fn services(&self) -> Result<Vec<pitwall_proto::v1::ServiceState>, VmmError> {
+        Ok(vec![pitwall_proto::v1::ServiceState {
+            name: "main".into(),
+            state: "running".into(),
+            pid: 1234,
+            ..Default::default()
+        }])
+    }
+
     async fn kill(&self) -> Result<Exit, VmmError> {
         self.vm.inner.kills.fetch_add(1, Ordering::SeqCst);
         Ok(self.vm.end(Exit {

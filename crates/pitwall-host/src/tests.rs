@@ -11,8 +11,8 @@ use pitwall_core::{DesiredState, ImageRef, VmState};
 use pitwall_image::{ImageCache, ImageConfig};
 use pitwall_proto::v1::{
     envelope::Payload, image_command, vm_command, ConsoleOutput, CreateVm, DeleteVm, Envelope,
-    HostHeartbeat, ImageCommand, ImageErrorKind, ImageStatus, ImportImage, PullImage, ReadConsole,
-    StartVm, StopVm, VmCommand, VmSpec, VmStatus,
+    GuestAnswer, HostHeartbeat, ImageCommand, ImageErrorKind, ImageStatus, ImportImage, PullImage,
+    ReadConsole, StartVm, StopVm, VmCommand, VmSpec, VmStatus,
 };
 use pitwall_proto::{decode_envelope, encode_envelope, routing};
 use uuid::Uuid;
@@ -882,6 +882,82 @@ async fn read_console_of_a_vm_the_host_does_not_hold_answers_an_error() {
     };
     assert!(out.error.contains(&id.to_string()), "{}", out.error);
     assert!(out.data.is_empty());
+}
+
+/// Asks the host `command` about VM `id` and returns its GuestAnswer.
+async fn ask_guest(h: &Harness, id: Uuid, command: vm_command::Command) -> GuestAnswer {
+    let reply_key = routing::reply_key("r1").unwrap();
+    let mut replies = h.listen("test.replies", &reply_key).await;
+    let verb = match &command {
+        vm_command::Command::Exec(_) => routing::verb::EXEC,
+        _ => routing::verb::LIST_SERVICES,
+    };
+    let cmd = VmCommand {
+        vm_id: id.to_string(),
+        generation: 0,
+        command: Some(command),
+    };
+    let env = Envelope::new(SENDER, Some("g-1"), Payload::VmCommand(cmd)).with_reply_to(&reply_key);
+    h.publish(&routing::command_key(HOST, verb).unwrap(), env)
+        .await;
+    let answer = next_payload(&mut replies).await;
+    assert_eq!(answer.correlation_id, "g-1");
+    let Some(Payload::GuestAnswer(out)) = answer.payload else {
+        panic!("not a guest answer: {answer:?}");
+    };
+    out
+}
+
+#[tokio::test]
+async fn exec_and_services_are_asked_of_a_running_guest_and_refused_otherwise() {
+    let mut h = Harness::start().await;
+    let id = Uuid::new_v4();
+    let echo = || {
+        vm_command::Command::Exec(pitwall_proto::v1::Exec {
+            argv: vec!["echo".into(), "hi".into()],
+            ..Default::default()
+        })
+    };
+    // Not running yet: refused, the VMM is not asked.
+    h.create(id, 1, false).await;
+    h.expect_states(id, &[VmState::Creating, VmState::Stopped])
+        .await;
+    let out = ask_guest(&h, id, echo()).await;
+    assert_eq!(out.error, "the VM is not RUNNING");
+    assert_eq!(out.answer, None);
+
+    h.start_vm(id, 2).await;
+    h.vmm.launch_number(1).await.vm.become_ready();
+    h.expect_states(id, &[VmState::Starting, VmState::Running])
+        .await;
+    let out = ask_guest(&h, id, echo()).await;
+    let Some(pitwall_proto::v1::guest_answer::Answer::Exec(r)) = out.answer else {
+        panic!("no exec result: {out:?}");
+    };
+    assert_eq!((r.code, r.stdout.as_slice()), (0, &b"hi\n"[..]));
+    let out = ask_guest(
+        &h,
+        id,
+        vm_command::Command::ListServices(Default::default()),
+    )
+    .await;
+    let Some(pitwall_proto::v1::guest_answer::Answer::Services(list)) = out.answer else {
+        panic!("no service list: {out:?}");
+    };
+    assert_eq!(list.services[0].name, "main");
+
+    // Stopped again: refused.
+    h.stop(id, 3, 1000).await;
+    h.expect_states(id, &[VmState::Stopping, VmState::Stopped])
+        .await;
+    assert_eq!(
+        ask_guest(&h, id, echo()).await.error,
+        "the VM is not RUNNING"
+    );
+    // Unknown VM: the host says so.
+    let other = Uuid::new_v4();
+    let out = ask_guest(&h, other, echo()).await;
+    assert!(out.error.contains(&other.to_string()), "{}", out.error);
 }
 
 /// Sends an import of `archive` as `reference` and returns the host's answer.

@@ -51,6 +51,8 @@ pub mod verb {
     pub const STOP: &str = "stop";
     pub const DELETE: &str = "delete";
     pub const READ_CONSOLE: &str = "read_console";
+    pub const EXEC: &str = "exec";
+    pub const LIST_SERVICES: &str = "list_services";
     pub const IMPORT: &str = "import";
     pub const REMOVE: &str = "remove";
     pub const PULL: &str = "pull";
@@ -234,6 +236,8 @@ impl v1::VmCommand {
             Command::Stop(_) => verb::STOP,
             Command::Delete(_) => verb::DELETE,
             Command::ReadConsole(_) => verb::READ_CONSOLE,
+            Command::Exec(_) => verb::EXEC,
+            Command::ListServices(_) => verb::LIST_SERVICES,
         })
     }
 }

@@ -158,6 +158,26 @@ pub trait VmInstance: Send + Sync {
     /// Resolves when the VMM process has exited, however that happened.
     async fn wait_exit(&self) -> Exit;
     fn is_alive(&self) -> bool;
+    /// The state of the services the guest's init supervises, asked over its agent channel.
+    /// Guests without an agent (no powerunit) answer with an error.
+    async fn services(&self) -> Result<Vec<pitwall_proto::v1::ServiceState>, VmmError> {
+        Err(VmmError::Control {
+            vm: format!("pid {}", self.pid()),
+            op: "list services",
+            why: "this guest has no agent".into(),
+        })
+    }
+    /// Run a command in the guest to completion, over its agent channel.
+    async fn exec(
+        &self,
+        _req: pitwall_proto::v1::Exec,
+    ) -> Result<pitwall_proto::v1::ExecResult, VmmError> {
+        Err(VmmError::Control {
+            vm: format!("pid {}", self.pid()),
+            op: "exec",
+            why: "this guest has no agent".into(),
+        })
+    }
 }
 
 #[async_trait]

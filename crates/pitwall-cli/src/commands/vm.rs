@@ -3,12 +3,15 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use pitwall_api::{Client, ClientError, CreateVmRequest, RunOverrides, Vm};
+use pitwall_api::{Client, ClientError, CreateVmRequest, ExecRequest, RunOverrides, Vm};
 use tokio::time::MissedTickBehavior;
 
 use super::Ctx;
-use crate::cli::{ActionArgs, ConsoleArgs, CreateArgs, OutputFormat, VmCommand, WaitArgs};
+use crate::cli::{
+    ActionArgs, ConsoleArgs, CreateArgs, ExecArgs, OutputFormat, VmCommand, WaitArgs,
+};
 use crate::console::Follower;
+use crate::exit::RemoteExit;
 use crate::output;
 
 /// How often `vm console --follow` polls.
@@ -45,6 +48,56 @@ pub async fn run(ctx: &Ctx, command: VmCommand) -> anyhow::Result<()> {
         VmCommand::Delete(a) => action(ctx, Action::Delete, a).await,
         VmCommand::Wait(a) => wait(ctx, a).await,
         VmCommand::Console(a) => console(ctx, a).await,
+        VmCommand::Services { name } => {
+            let services = ctx.client.services(&name).await?;
+            ctx.show(&services, |s, _| output::service_table(s))
+        }
+    }
+}
+
+/// Most bytes `exec -i` sends (the API's limit).
+const MAX_EXEC_STDIN: u64 = 1 << 20;
+
+/// `pitwall exec VM -- CMD`: the output as the guest captured it, and its exit status.
+pub async fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut stdin = Vec::new();
+    if a.interactive {
+        std::io::stdin()
+            .take(MAX_EXEC_STDIN + 1)
+            .read_to_end(&mut stdin)
+            .context("cannot read standard input")?;
+        anyhow::ensure!(
+            stdin.len() as u64 <= MAX_EXEC_STDIN,
+            "standard input holds more than {MAX_EXEC_STDIN} bytes: copy large files with scp or sftp (`pitwall ssh-config`)"
+        );
+    }
+    let timeout_ms = u32::try_from(a.timeout.as_millis())
+        .ok()
+        .filter(|ms| *ms > 0)
+        .context("--timeout must be from 1ms to about 49 days")?;
+    let req = ExecRequest {
+        command: a.command,
+        env: a.env,
+        working_dir: a.workdir,
+        user: a.user,
+        stdin,
+        timeout_ms: Some(timeout_ms),
+    };
+    let out = ctx.client.exec(&a.vm, &req).await?;
+    std::io::stdout().write_all(&out.stdout)?;
+    std::io::stdout().flush()?;
+    std::io::stderr().write_all(&out.stderr)?;
+    if out.timed_out {
+        anyhow::bail!(
+            "the command was killed after {} (--timeout)",
+            humantime::format_duration(a.timeout)
+        );
+    }
+    match u8::try_from(out.code) {
+        Ok(0) => Ok(()),
+        Ok(code) => Err(RemoteExit(code).into()),
+        Err(_) => Err(RemoteExit(1).into()),
     }
 }
 

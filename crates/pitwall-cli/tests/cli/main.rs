@@ -530,6 +530,66 @@ async fn console_prints_the_captured_output_raw() {
 }
 
 #[tokio::test]
+async fn exec_prints_the_guests_output_and_exits_with_its_status() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["exec", "web", "--", "sh", "-c", "exit 3"]).await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.stdout, "sh -c exit 3\n");
+    assert_eq!(run.stderr, "stderr\n", "no error of pitwall's own");
+    let run = against(&api, &["exec", "web", "--", "true"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Not running: the API's conflict, exit 4.
+    let run = against(&api, &["exec", "db", "--", "true"]).await;
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(run.stderr.contains("not RUNNING"), "{}", run.stderr);
+    // No command: a usage error.
+    assert_eq!(against(&api, &["exec", "web"]).await.code, 2);
+}
+
+#[tokio::test]
+async fn exec_i_sends_standard_input() {
+    let api = MockApi::start().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pitwall"));
+    let home = tempfile::tempdir().unwrap();
+    cmd.args(["--api", api.url.as_str(), "exec", "-i", "web", "--", "cat"])
+        .env_remove("PITWALL_API")
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"from stdin\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "cat\nfrom stdin\n");
+}
+
+#[tokio::test]
+async fn vm_services_prints_a_table() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["vm", "services", "web"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<_> = run
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["NAME", "STATE", "PID", "RESTART", "RESTARTS", "LAST", "EXIT"],
+            vec!["main", "running", "42", "never", "0", "-"],
+            vec!["worker", "backoff", "-", "on-failure", "3", "1"],
+        ]
+    );
+}
+
+#[tokio::test]
 async fn console_follow_prints_each_new_line_once_until_the_vm_stops() {
     let api = MockApi::start().await;
     // a tail of 16 bytes holds about two lines: later tails overlap what was printed

@@ -14,6 +14,10 @@
 //! is RUNNING until its console was read three times, STOPPED after. Other VMs' consoles say
 //! `hello from NAME\n`.
 //!
+//! Exec (`web` only; others answer 409 conflict): the guest "prints" its command joined by
+//! spaces, then a newline, then what it got on stdin, on stdout; `stderr` on stderr; its exit
+//! code is N of an argument `exit N`, if any. `web` has two services.
+//!
 //! Auth (built-in issuer): user `alice` with password `s3cret` logs in with token `tok-alice`
 //! (valid for an hour, refresh token `ref-alice`, which refreshes to `tok-alice-2`).
 //! `whoami` and `quota` answer 401 unauthenticated without a bearer token, and name the user
@@ -65,6 +69,8 @@ impl MockApi {
             .route("/v1/vms/{name}", get(get_vm).delete(delete_vm))
             .route("/v1/vms/{name}/wait", get(wait_vm))
             .route("/v1/vms/{name}/console", get(console))
+            .route("/v1/vms/{name}/exec", post(exec))
+            .route("/v1/vms/{name}/services", get(services))
             .route("/v1/images", post(import_image))
             .route(
                 "/v1/images/{*reference}",
@@ -277,6 +283,57 @@ async fn console(
     buffer[buffer.len().saturating_sub(max)..]
         .to_owned()
         .into_response()
+}
+
+async fn exec(Path(name): Path<String>, Json(req): Json<pitwall_api::ExecRequest>) -> Response {
+    if name != "web" {
+        return (
+            StatusCode::CONFLICT,
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: "conflict".into(),
+                    message: format!("VM {name:?} is STOPPED, not RUNNING"),
+                },
+            }),
+        )
+            .into_response();
+    }
+    let mut stdout = format!("{}\n", req.command.join(" ")).into_bytes();
+    stdout.extend_from_slice(&req.stdin);
+    let code = req
+        .command
+        .iter()
+        .find_map(|w| w.strip_prefix("exit ")?.trim().parse().ok())
+        .unwrap_or(0);
+    Json(pitwall_api::ExecResponse {
+        code,
+        stdout,
+        stderr: b"stderr\n".to_vec(),
+        timed_out: false,
+    })
+    .into_response()
+}
+
+async fn services(Path(_name): Path<String>) -> Response {
+    Json(vec![
+        pitwall_api::ServiceStatus {
+            name: "main".into(),
+            state: "running".into(),
+            pid: Some(42),
+            restarts: 0,
+            last_exit: None,
+            restart: pitwall_api::RestartPolicy::Never,
+        },
+        pitwall_api::ServiceStatus {
+            name: "worker".into(),
+            state: "backoff".into(),
+            pid: None,
+            restarts: 3,
+            last_exit: Some(1),
+            restart: pitwall_api::RestartPolicy::OnFailure,
+        },
+    ])
+    .into_response()
 }
 
 async fn import_image(

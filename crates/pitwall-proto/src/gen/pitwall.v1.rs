@@ -286,7 +286,7 @@ pub struct Envelope {
     /// The control replica that asks binds its own reply queue to it.
     #[prost(string, tag = "6")]
     pub reply_to: ::prost::alloc::string::String,
-    #[prost(oneof = "envelope::Payload", tags = "10, 11, 12, 13, 14, 15, 16")]
+    #[prost(oneof = "envelope::Payload", tags = "10, 11, 12, 13, 14, 15, 16, 17")]
     pub payload: ::core::option::Option<envelope::Payload>,
 }
 /// Nested message and enum types in `Envelope`.
@@ -307,6 +307,8 @@ pub mod envelope {
         ConsoleOutput(super::ConsoleOutput),
         #[prost(message, tag = "16")]
         ImageProgress(super::ImageProgress),
+        #[prost(message, tag = "17")]
+        GuestAnswer(super::GuestAnswer),
     }
 }
 /// What a VM is made of; enough for a host to build and boot it with no other lookup.
@@ -371,7 +373,7 @@ pub struct VmCommand {
     /// commands older than what they already applied.
     #[prost(uint64, tag = "2")]
     pub generation: u64,
-    #[prost(oneof = "vm_command::Command", tags = "10, 11, 12, 13, 14")]
+    #[prost(oneof = "vm_command::Command", tags = "10, 11, 12, 13, 14, 15, 16")]
     pub command: ::core::option::Option<vm_command::Command>,
 }
 /// Nested message and enum types in `VmCommand`.
@@ -388,6 +390,33 @@ pub mod vm_command {
         Delete(super::DeleteVm),
         #[prost(message, tag = "14")]
         ReadConsole(super::ReadConsole),
+        /// Questions for the guest's agent (agent.proto), answered with GuestAnswer sent to the
+        /// envelope's reply_to: run a command to completion; the supervised services' state.
+        #[prost(message, tag = "15")]
+        Exec(super::Exec),
+        #[prost(message, tag = "16")]
+        ListServices(super::ListServices),
+    }
+}
+/// A host's answer to VmCommand.exec or .list_services.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GuestAnswer {
+    #[prost(string, tag = "1")]
+    pub vm_id: ::prost::alloc::string::String,
+    /// Set when the question could not be put to the guest or it refused: why.
+    #[prost(string, tag = "2")]
+    pub error: ::prost::alloc::string::String,
+    #[prost(oneof = "guest_answer::Answer", tags = "10, 11")]
+    pub answer: ::core::option::Option<guest_answer::Answer>,
+}
+/// Nested message and enum types in `GuestAnswer`.
+pub mod guest_answer {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Answer {
+        #[prost(message, tag = "10")]
+        Exec(super::ExecResult),
+        #[prost(message, tag = "11")]
+        Services(super::ServiceList),
     }
 }
 /// Ask for the tail of the VM's captured serial console; answered with ConsoleOutput sent to

@@ -506,6 +506,107 @@ async fn console_returns_what_the_host_read() {
 }
 
 #[tokio::test]
+async fn exec_is_put_to_the_vms_host_and_answers_with_the_guests_output() {
+    let mut h = Harness::start().await;
+    let vm = h.run_vm("a").await;
+    let body = json!({ "command": ["cat"], "stdin": "aGkK", "env": ["A=1"], "timeout_ms": 5000 });
+    let call = h.spawn_call(Method::POST, "/v1/vms/a/exec", Body::from(body.to_string()));
+    let (key, request) = h.host.next_command().await;
+    assert_eq!(key, format!("orchestrator.{HOST}.vm.exec"));
+    let Some(Payload::VmCommand(cmd)) = &request.payload else {
+        panic!("not a VM command: {request:?}");
+    };
+    assert_eq!(cmd.vm_id, vm.id);
+    let Some(Command::Exec(x)) = &cmd.command else {
+        panic!("not an exec: {cmd:?}");
+    };
+    assert_eq!(
+        (
+            x.argv.as_slice(),
+            x.env.as_slice(),
+            x.stdin.as_slice(),
+            x.timeout_ms
+        ),
+        (
+            &["cat".to_string()][..],
+            &["A=1".to_string()][..],
+            &b"hi\n"[..],
+            5000
+        )
+    );
+    h.host
+        .reply(
+            &request,
+            Payload::GuestAnswer(pitwall_proto::v1::GuestAnswer {
+                vm_id: vm.id.clone(),
+                error: String::new(),
+                answer: Some(pitwall_proto::v1::guest_answer::Answer::Exec(
+                    pitwall_proto::v1::ExecResult {
+                        code: 3,
+                        stdout: b"hi\n".to_vec(),
+                        stderr: vec![0xff],
+                        timed_out: false,
+                    },
+                )),
+            }),
+        )
+        .await;
+    let r = call.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let out: pitwall_api::ExecResponse = r.json();
+    assert_eq!(
+        out,
+        pitwall_api::ExecResponse {
+            code: 3,
+            stdout: b"hi\n".to_vec(),
+            stderr: vec![0xff],
+            timed_out: false
+        }
+    );
+}
+
+#[tokio::test]
+async fn exec_and_services_are_refused_before_the_host_is_asked_when_they_cannot_work() {
+    let mut h = Harness::start().await;
+    h.create_vm("idle").await;
+    let r = h.get("/v1/vms/idle/services").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.error().message.contains("not RUNNING"), "{}", r.text());
+    h.run_vm("a").await;
+    for (body, why) in [
+        (json!({ "command": [] }), "command is empty"),
+        (json!({ "command": ["ls"], "env": ["X"] }), "KEY=value"),
+        (
+            json!({ "command": ["ls"], "working_dir": "tmp" }),
+            "not absolute",
+        ),
+        (json!({ "command": ["ls"], "timeout_ms": 0 }), "timeout_ms"),
+        (json!({ "command": ["ls"], "stdin": "%%%" }), "base64"),
+        (json!({ "command": ["ls"], "tty": true }), "tty"),
+    ] {
+        let r = h.post_json("/v1/vms/a/exec", body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
+        assert!(r.error().message.contains(why), "{body}: {}", r.text());
+    }
+    // A guest that cannot answer is a 502 naming why.
+    let call = h.spawn_call(Method::GET, "/v1/vms/a/services", Body::empty());
+    let (key, request) = h.host.next_command().await;
+    assert!(key.ends_with(".vm.list_services"), "{key}");
+    h.host
+        .reply(
+            &request,
+            Payload::GuestAnswer(pitwall_proto::v1::GuestAnswer {
+                error: "the agent is not connected".into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+    let r = call.await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.error().message.contains("the agent is not connected"));
+}
+
+#[tokio::test]
 async fn console_is_unavailable_when_the_host_does_not_answer_in_time() {
     let reply_timeout = Duration::from_millis(200);
     let mut h = Harness::with_config(|c| c.reply_timeout = reply_timeout).await;
