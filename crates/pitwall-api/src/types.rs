@@ -63,6 +63,10 @@ pub struct Vm {
     /// The VM's IPv4 address on its host's bridge, once it has one.
     #[serde(default)]
     pub address: Option<String>,
+    /// The guest's SSH host key (OpenSSH line), as the guest reported it to its host over
+    /// the VM's private channel: what `pitwall ssh` checks the server against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
     /// RFC 3339.
     pub created_at: String,
     pub updated_at: String,
@@ -123,6 +127,10 @@ pub struct SshCertificate {
     pub valid_before: u64,
     /// The CA's public key (what guests trust).
     pub ca_public_key: String,
+    /// The VM's SSH host key (OpenSSH line) when its guest has reported one: the key the
+    /// server must present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
 }
 
 /// `GET /v1/ssh/ca`: the deployment's SSH CA public key.

@@ -374,6 +374,7 @@ mod tests {
             run: Default::default(),
             exposed_ports: vec![],
             address: None,
+            ssh_host_key: None,
             created_at: created_at.into(),
             updated_at: created_at.into(),
         }

@@ -229,6 +229,7 @@ fn openssh_reads_the_generated_configuration_as_meant() {
         "proxycommand true proxy alice:web ssh".to_string(),
         format!("certificatefile {d}/alice-web-cert.pub"),
         format!("identityfile {d}/id_ed25519"),
+        "hostkeyalias pitwall-alice-web".to_string(),
     ] {
         assert!(
             resolved.lines().any(|l| l == line),

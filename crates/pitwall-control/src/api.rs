@@ -245,6 +245,7 @@ pub(crate) fn vm_json(vm: &VmRecord) -> pitwall_api::Vm {
         run: vm.spec.run.clone(),
         exposed_ports: vm.exposed_ports.clone(),
         address: vm.address.clone(),
+        ssh_host_key: vm.ssh_host_key.clone(),
         created_at: rfc3339(vm.created_at),
         updated_at: rfc3339(vm.updated_at),
     }

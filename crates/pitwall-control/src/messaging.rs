@@ -149,6 +149,16 @@ impl Control {
                 if vm.address.as_deref() != address {
                     self.inner.store.set_address(vm.id, address).await?;
                 }
+                // Likewise the guest's SSH host key: kept across stops (it lives on the VM's
+                // disk), replaced when the guest reports another.
+                let host_key = match (state, s.ssh_host_key.as_str()) {
+                    (VmState::Deleted, _) => None,
+                    (_, "") => vm.ssh_host_key.as_deref(),
+                    (_, k) => Some(k),
+                };
+                if vm.ssh_host_key.as_deref() != host_key {
+                    self.inner.store.set_ssh_host_key(vm.id, host_key).await?;
+                }
                 self.publish_events_after(vm.id).await;
                 // A guest that stopped by itself (its workload ended, or its VMM died) while
                 // it was wanted running: its restart policy is `never`, so the wish becomes
@@ -457,6 +467,31 @@ mod tests {
         h.host.report(&vm, VmState::Running, 1, None).await;
         h.settle().await;
         assert_eq!(h.vm("a").await.address.as_deref(), Some("172.30.0.9"));
+    }
+
+    #[tokio::test]
+    async fn the_ssh_host_key_a_guest_reports_is_kept_across_stops_and_shown_for_checking() {
+        let mut h = Harness::start().await;
+        let vm = h.create_vm("a").await;
+        h.host.report(&vm, VmState::Creating, 1, None).await;
+        h.host.report(&vm, VmState::Starting, 1, None).await;
+        let mut running = h.host.status(&vm, VmState::Running, 1, None);
+        running.ssh_host_key = "ssh-ed25519 AAAA guest".into();
+        h.host.publish_status(running).await;
+        h.settle().await;
+        let shown = h.vm("a").await;
+        assert_eq!(
+            shown.ssh_host_key.as_deref(),
+            Some("ssh-ed25519 AAAA guest")
+        );
+        // Stopped (no key in the report): still known, the key lives on the VM's disk.
+        h.host.report(&vm, VmState::Stopping, 1, None).await;
+        h.host.report(&vm, VmState::Stopped, 1, None).await;
+        h.settle().await;
+        assert_eq!(
+            h.vm("a").await.ssh_host_key.as_deref(),
+            Some("ssh-ed25519 AAAA guest")
+        );
     }
 
     #[tokio::test]

@@ -243,6 +243,11 @@ impl Actor {
                 .map(|n| n.ip.to_string())
                 .unwrap_or_default(),
             exposed_ports: self.ports.clone(),
+            ssh_host_key: self
+                .inst
+                .as_ref()
+                .and_then(|i| i.ssh_host_key())
+                .unwrap_or_default(),
         }
     }
 

@@ -166,6 +166,12 @@ impl VmInstance for FakeInstance {
         }))
     }
 
+    /// The fake guest reports `ssh-ed25519 FAKE-<name>` as its SSH host key once ready.
+    fn ssh_host_key(&self) -> Option<String> {
+        let vm = &self.vm.inner;
+        (*vm.boot.borrow() == Boot::Ready).then(|| format!("ssh-ed25519 FAKE-{}", vm.name))
+    }
+
     /// The fake guest's agent: `echo` prints its arguments, `false` exits 1, anything else
     /// is not found (127).
     async fn exec(

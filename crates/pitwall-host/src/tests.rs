@@ -345,6 +345,11 @@ async fn a_vm_gets_a_nic_and_an_address_on_start_and_loses_them_on_delete() {
         nic.ip.to_string(),
         "RUNNING carries the address"
     );
+    assert_eq!(
+        running.ssh_host_key,
+        format!("ssh-ed25519 FAKE-{}", launch.cfg.name),
+        "RUNNING carries the guest's SSH host key"
+    );
     h.delete(id, 2).await;
     let gone = h
         .expect_states(

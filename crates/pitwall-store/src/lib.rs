@@ -87,6 +87,9 @@ pub struct VmRecord {
     /// The VM's IPv4 address on its host's bridge, as the host last reported it.
     #[serde(default)]
     pub address: Option<String>,
+    /// The guest's SSH host key (OpenSSH line) as its host last reported it.
+    #[serde(default)]
+    pub ssh_host_key: Option<String>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -116,6 +119,7 @@ impl VmRecord {
             reason: None,
             exposed_ports: Vec::new(),
             address: None,
+            ssh_host_key: None,
             created_at: now,
             updated_at: now,
         }
@@ -310,6 +314,8 @@ pub trait Store: Send + Sync + 'static {
         reason: Option<&str>,
     ) -> Result<StatusOutcome, StoreError>;
 
+    /// Record the SSH host key the VM's guest reported (`None`: forget it).
+    async fn set_ssh_host_key(&self, id: VmId, key: Option<&str>) -> Result<(), StoreError>;
     /// Record the address the VM's host gave it (`None`: it has none any more).
     async fn set_address(&self, id: VmId, address: Option<&str>) -> Result<(), StoreError>;
 

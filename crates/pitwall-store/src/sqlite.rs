@@ -67,7 +67,7 @@ macro_rules! vm_columns {
     () => {
         "id, name, owner, vm_group, charge, image, vcpus, memory_mib, disk_mib, host, desired, \
          generation, state, state_generation, reason, created_at, updated_at, run_overrides, \
-         exposed_ports, address"
+         exposed_ports, address, ssh_host_key"
     };
 }
 
@@ -93,7 +93,7 @@ const LIVE_NAME_EXISTS: &str =
 const INSERT_VM: &str = concat!(
     "INSERT INTO vms (",
     vm_columns!(),
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 /// What the live VMs charged under a prefix hold. The prefix is bound twice; `substr` rather
 /// than `LIKE` so that `_` and `%` in names match only themselves. The casts keep PostgreSQL's
@@ -110,6 +110,7 @@ const SET_DESIRED: &str = concat!(
 );
 const SET_HOST: &str = "UPDATE vms SET host = ?, updated_at = ? WHERE id = ?";
 const SET_ADDRESS: &str = "UPDATE vms SET address = ?, updated_at = ? WHERE id = ?";
+const SET_SSH_HOST_KEY: &str = "UPDATE vms SET ssh_host_key = ?, updated_at = ? WHERE id = ?";
 const APPLY_STATUS: &str = concat!(
     "UPDATE vms SET state = ?, state_generation = ?, reason = ?, updated_at = ? WHERE id = ? \
      RETURNING ",
@@ -346,6 +347,7 @@ impl Store for SqliteStore {
             .bind(run_overrides.as_deref())
             .bind(exposed_ports.as_deref())
             .bind(vm.address.as_deref())
+            .bind(vm.ssh_host_key.as_deref())
             .execute(&mut *tx)
             .await;
         if let Err(e) = inserted {
@@ -412,6 +414,12 @@ impl Store for SqliteStore {
     async fn set_host(&self, id: VmId, host: &str) -> Result<(), StoreError> {
         self.set_vm_column(SET_HOST, id, Some(host)).await?;
         tracing::debug!(vm_id = %id, host, "VM placed");
+        Ok(())
+    }
+
+    async fn set_ssh_host_key(&self, id: VmId, key: Option<&str>) -> Result<(), StoreError> {
+        self.set_vm_column(SET_SSH_HOST_KEY, id, key).await?;
+        tracing::debug!(vm_id = %id, key, "VM SSH host key recorded");
         Ok(())
     }
 

@@ -158,6 +158,11 @@ pub trait VmInstance: Send + Sync {
     /// Resolves when the VMM process has exited, however that happened.
     async fn wait_exit(&self) -> Exit;
     fn is_alive(&self) -> bool;
+    /// The guest SSH server's host key (OpenSSH public key line), as the guest's init reported
+    /// it over the agent channel; `None` before that, or without an SSH server.
+    fn ssh_host_key(&self) -> Option<String> {
+        None
+    }
     /// The state of the services the guest's init supervises, asked over its agent channel.
     /// Guests without an agent (no powerunit) answer with an error.
     async fn services(&self) -> Result<Vec<pitwall_proto::v1::ServiceState>, VmmError> {

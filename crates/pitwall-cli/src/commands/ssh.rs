@@ -6,7 +6,7 @@ use std::io::IsTerminal as _;
 
 use anyhow::Context as _;
 use pitwall_api::SshCertificateRequest;
-use russh::keys::{Algorithm, Certificate, PrivateKey};
+use russh::keys::{Algorithm, Certificate, PrivateKey, PublicKey};
 
 use super::Ctx;
 use crate::cli::SshArgs;
@@ -64,9 +64,19 @@ pub async fn run(ctx: &Ctx, a: SshArgs) -> anyhow::Result<()> {
         (term, cols, rows)
     });
     let stream = ctx.client.connect(&a.vm, "ssh").await?;
-    let check = HostKeyCheck::Pinned {
-        file: ssh::default_known_hosts(&ctx.env)?,
-        name: vm_id,
+    // The key the guest reported over its private channel, when the control plane has it;
+    // else pinned on first use.
+    let check = match &issued.host_key {
+        Some(line) => HostKeyCheck::Exact(PublicKey::from_openssh(line).with_context(|| {
+            format!(
+                "the control plane's host key for {} is unreadable: {line:?}",
+                a.vm
+            )
+        })?),
+        None => HostKeyCheck::Pinned {
+            file: ssh::default_known_hosts(&ctx.env)?,
+            name: vm_id,
+        },
     };
     let req = Request {
         user: a.user,
@@ -187,7 +197,38 @@ pub async fn certificate(ctx: &Ctx, vm: &str) -> anyhow::Result<()> {
         format!("{}\n", issued.certificate).as_bytes(),
         0o644,
     )?;
+    // The host key the guest reported: OpenSSH checks the server against it (the config's
+    // HostKeyAlias), so nothing is trusted on first use.
+    if let Some(key) = &issued.host_key {
+        let known = dir.join("known_hosts");
+        let alias = host_key_alias(vm);
+        let old = match std::fs::read_to_string(&known) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", known.display())),
+        };
+        let updated = known_hosts_with(&old, &alias, key.trim());
+        if updated != old {
+            write_file(&known, updated.as_bytes(), 0o644)?;
+        }
+    }
     Ok(())
+}
+
+/// The name OpenSSH files a VM's host key under (`HostKeyAlias`).
+pub fn host_key_alias(vm: &str) -> String {
+    format!("pitwall-{}", cert_stem(vm))
+}
+
+/// `text` (a known_hosts file) with `alias`'s lines replaced by one holding `key`.
+pub fn known_hosts_with(text: &str, alias: &str, key: &str) -> String {
+    let mut out: String = text
+        .lines()
+        .filter(|l| l.split_whitespace().next() != Some(alias))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!("{alias} {key}\n"));
+    out
 }
 
 /// The OpenSSH configuration for `vms` (`OWNER:NAME` each): `Host NAME.pitwall` (and
@@ -212,6 +253,7 @@ pub fn render_config(
             format!("{name}.{owner}.pitwall")
         };
         let stem = cert_stem(&vm);
+        let key_alias = host_key_alias(&vm);
         out.push_str(&format!(
             "\n# {vm}: the certificate (5 minutes, this VM only) is renewed before each connection\n\
              Match host {alias} exec \"{pitwall} ssh-certificate {vm}\"\n\
@@ -221,7 +263,8 @@ pub fn render_config(
              \x20   CertificateFile {d}/{stem}-cert.pub\n\
              \x20   IdentitiesOnly yes\n\
              \x20   ProxyCommand {pitwall} proxy {vm} ssh\n\
-             \x20   UserKnownHostsFile {d}/known_hosts\n"
+             \x20   UserKnownHostsFile {d}/known_hosts\n\
+             \x20   HostKeyAlias {key_alias}\n"
         ));
     }
     out
@@ -264,6 +307,24 @@ mod config_tests {
     use super::*;
 
     #[test]
+    fn a_vms_known_host_line_is_replaced_and_others_kept() {
+        let old = "pitwall-alice-db ssh-ed25519 AAAA db\npitwall-alice-web ssh-ed25519 OLD\n";
+        let new = known_hosts_with(old, "pitwall-alice-web", "ssh-ed25519 NEW");
+        assert_eq!(
+            new,
+            "pitwall-alice-db ssh-ed25519 AAAA db\npitwall-alice-web ssh-ed25519 NEW\n"
+        );
+        assert_eq!(
+            known_hosts_with(&new, "pitwall-alice-web", "ssh-ed25519 NEW"),
+            new
+        );
+        assert_eq!(
+            known_hosts_with("", "pitwall-x", "ssh-ed25519 K"),
+            "pitwall-x ssh-ed25519 K\n"
+        );
+    }
+
+    #[test]
     fn each_vm_gets_an_alias_a_renewed_certificate_and_the_proxy() {
         let vms = vec![
             ("alice".to_string(), "web".to_string()),
@@ -285,6 +346,7 @@ mod config_tests {
             "{c}"
         );
         assert!(c.contains("Host db.bob.pitwall\n"), "{c}");
+        assert!(c.contains("    HostKeyAlias pitwall-alice-web\n"), "{c}");
         assert_eq!(cert_stem("alice:web"), "alice-web");
         assert_eq!(cert_stem("a/b"), "a-b");
     }

@@ -136,6 +136,7 @@ pub fn vm(name: &str, state: &str) -> Vm {
         run: Default::default(),
         exposed_ports: vec![],
         address: None,
+        ssh_host_key: None,
         created_at: "2025-01-01T00:00:00Z".into(),
         updated_at: "2025-01-01T00:00:00Z".into(),
     }

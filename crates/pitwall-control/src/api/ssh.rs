@@ -68,6 +68,7 @@ pub(crate) async fn certificate(
             valid_after: issued.valid_after,
             valid_before: issued.valid_before,
             ca_public_key: ca.public_key().to_string(),
+            host_key: vm.ssh_host_key.clone(),
         }),
     ))
 }

@@ -491,6 +491,11 @@ pub struct VmStatus {
     /// The image's ExposedPorts ("8080/tcp", ...), for the terminator's services.
     #[prost(string, repeated, tag = "9")]
     pub exposed_ports: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The guest's SSH host key (OpenSSH public key line) as its init reported it over the
+    /// VM's private agent channel, for clients to check without trusting on first use; empty
+    /// when not known.
+    #[prost(string, tag = "10")]
+    pub ssh_host_key: ::prost::alloc::string::String,
 }
 /// host → control, routing key orchestrator.host.heartbeat.<host>.
 #[derive(Clone, PartialEq, ::prost::Message)]

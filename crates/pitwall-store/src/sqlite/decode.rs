@@ -118,6 +118,7 @@ pub(super) fn decode_vm(row: &SqliteRow) -> Result<VmRecord, StoreError> {
         },
         exposed_ports: c.optional_json("exposed_ports")?.unwrap_or_default(),
         address: c.get("address")?,
+        ssh_host_key: c.get("ssh_host_key")?,
         owner: c.get("owner")?,
         group: c.get("vm_group")?,
         charge: c.get("charge")?,

@@ -59,6 +59,7 @@ macro_rules! store_suite {
             set_host_places_the_vm,
             set_host_on_unknown_vm_is_no_such_vm,
             an_address_is_kept_until_changed_or_cleared,
+            an_ssh_host_key_is_kept_until_changed_or_cleared,
             grants_are_idempotent_listed_by_grantee_and_revocable,
             legal_transitions_are_applied_and_evented,
             illegal_transition_is_stale_and_changes_nothing,
@@ -385,6 +386,31 @@ pub async fn set_host_places_the_vm(store: Arc<dyn Store>) -> TestResult {
 pub async fn set_host_on_unknown_vm_is_no_such_vm(store: Arc<dyn Store>) -> TestResult {
     let err = store
         .set_host(VmId::new_v4(), "host-a")
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, StoreError::NoSuchVm(_)), "{err:?}");
+    Ok(())
+}
+
+pub async fn an_ssh_host_key_is_kept_until_changed_or_cleared(store: Arc<dyn Store>) -> TestResult {
+    let vm = create(&*store, "web").await?;
+    assert_eq!(vm.ssh_host_key, None);
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxs8bLMq4GUuqzeL2ecgH2K5GXuKdZx9mIUN6DPRafp";
+    store.set_ssh_host_key(vm.id, Some(key)).await?;
+    let got = store.get_vm_by_id(vm.id).await?.expect("exists");
+    assert_eq!(got.ssh_host_key.as_deref(), Some(key));
+    assert!(got.updated_at >= vm.updated_at);
+    store.set_ssh_host_key(vm.id, None).await?;
+    assert_eq!(
+        store
+            .get_vm_by_id(vm.id)
+            .await?
+            .expect("exists")
+            .ssh_host_key,
+        None
+    );
+    let err = store
+        .set_ssh_host_key(VmId::new_v4(), Some(key))
         .await
         .expect_err("unknown");
     assert!(matches!(err, StoreError::NoSuchVm(_)), "{err:?}");

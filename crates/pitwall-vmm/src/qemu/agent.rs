@@ -26,6 +26,8 @@ pub(crate) struct AgentState {
     pub error: Option<String>,
     pub kernel: Option<String>,
     pub workload_code: Option<i32>,
+    /// The guest SSH server's host key (OpenSSH line), once reported.
+    pub ssh_host_key: Option<String>,
 }
 
 pub(crate) struct AgentLink {
@@ -124,6 +126,9 @@ impl AgentLink {
                     }
                     if !s.kernel.is_empty() {
                         st.kernel = Some(s.kernel.clone());
+                    }
+                    if !s.ssh_host_key.is_empty() {
+                        st.ssh_host_key = Some(s.ssh_host_key.clone());
                     }
                 });
             }

@@ -252,4 +252,8 @@ impl VmInstance for QemuInstance {
     fn is_alive(&self) -> bool {
         !self.has_exited() && self.shared.process.is_alive()
     }
+
+    fn ssh_host_key(&self) -> Option<String> {
+        self.shared.agent.state().ssh_host_key
+    }
 }
