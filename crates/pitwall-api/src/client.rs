@@ -300,6 +300,27 @@ impl Client {
         .await
     }
 
+    /// The tail of a service's log in a RUNNING VM (`service` `None`: its main one), at most
+    /// `max_bytes` (server default when `None`).
+    pub async fn logs(
+        &self,
+        name: &str,
+        service: Option<&str>,
+        max_bytes: Option<u32>,
+    ) -> Result<Bytes, ClientError> {
+        let mut url = format!("/v1/vms/{}/logs", seg(name));
+        let mut sep = '?';
+        if let Some(s) = service {
+            url.push_str(&format!("{sep}service={}", seg(s)));
+            sep = '&';
+        }
+        if let Some(m) = max_bytes {
+            url.push_str(&format!("{sep}max_bytes={m}"));
+        }
+        let resp = self.send(self.get(&url)).await?;
+        resp.bytes().await.map_err(|e| self.transport(e))
+    }
+
     /// The services a RUNNING VM's init supervises.
     pub async fn services(&self, name: &str) -> Result<Vec<ServiceStatus>, ClientError> {
         self.json(self.get(&format!("/v1/vms/{}/services", seg(name))))

@@ -211,6 +211,17 @@ pub enum VmCommand {
         /// VM name
         name: String,
     },
+    /// Print the tail of a service's log (what it wrote to stdout and stderr) in a RUNNING VM
+    Logs {
+        /// VM name
+        name: String,
+        /// The service [default: the VM's first (main) one]
+        #[arg(short = 's', long, value_name = "NAME")]
+        service: Option<String>,
+        /// At most the last N bytes [default: the server's]
+        #[arg(long, value_name = "N")]
+        max_bytes: Option<u32>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,7 @@ pub(crate) fn router(control: Control) -> Router {
         .route("/v1/vms/{name}/console", get(vms::console))
         .route("/v1/vms/{name}/exec", post(guest::exec))
         .route("/v1/vms/{name}/services", get(guest::services))
+        .route("/v1/vms/{name}/logs", get(guest::logs))
         .route("/v1/vms/{name}/grants", get(grants::list))
         .route("/v1/vms/{name}/ssh/certificate", post(ssh::certificate))
         .route("/v1/vms/{name}/connect/{service}", get(connect::connect))

@@ -141,6 +141,12 @@ pub(crate) fn document() -> Value {
                 "parameters": [name_param()],
                 "get": {"summary": "The services a RUNNING VM's init supervises; 409 not RUNNING", "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/ServiceStatus"}}}}}}}
             },
+            "/v1/vms/{name}/logs": {
+                "parameters": [name_param(),
+                    {"name": "service", "in": "query", "required": false, "schema": {"type": "string"}, "description": "default: the VM's first (main) service"},
+                    {"name": "max_bytes", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 4194304, "default": 65536}}],
+                "get": {"summary": "Tail of a service's log in a RUNNING VM (header x-pitwall-log-truncated); 409 not RUNNING, 502 guest_error (e.g. no such service)", "responses": {"200": {"description": "log bytes", "content": {"text/plain": {}}}}}
+            },
             "/v1/vms/{name}/ssh/certificate": {
                 "parameters": [name_param()],
                 "post": {"summary": "A short-lived SSH user certificate for this VM (owner, group, admin or grantee)",
@@ -320,6 +326,7 @@ pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/vms/{name}/console", &["get"]),
     ("/v1/vms/{name}/exec", &["post"]),
     ("/v1/vms/{name}/services", &["get"]),
+    ("/v1/vms/{name}/logs", &["get"]),
     ("/v1/vms/{name}/grants", &["get"]),
     ("/v1/vms/{name}/grants/{user}", &["put", "delete"]),
     ("/v1/vms/{name}/ssh/certificate", &["post"]),

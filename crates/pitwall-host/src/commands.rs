@@ -24,6 +24,7 @@ use crate::{Host, HostError};
 enum GuestQuestion {
     Exec(pitwall_proto::v1::Exec),
     Services,
+    Log(pitwall_proto::v1::ReadLog),
 }
 
 const PREFETCH: u16 = 64;
@@ -100,6 +101,10 @@ impl Host {
             }
             Some(vm_command::Command::ListServices(_)) => {
                 self.answer_guest(env.clone(), id, GuestQuestion::Services);
+                return Ok(());
+            }
+            Some(vm_command::Command::ReadLog(r)) => {
+                self.answer_guest(env.clone(), id, GuestQuestion::Log(r));
                 return Ok(());
             }
             None => return Ok(()),
@@ -254,6 +259,10 @@ impl Host {
                         GuestQuestion::Services => inst.services().await.map(|services| {
                             guest_answer::Answer::Services(ServiceList { services })
                         }),
+                        GuestQuestion::Log(r) => inst
+                            .read_log(&r.service, r.max_bytes)
+                            .await
+                            .map(guest_answer::Answer::Log),
                     };
                     match answer {
                         Ok(a) => out.answer = Some(a),

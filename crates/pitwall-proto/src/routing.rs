@@ -53,6 +53,7 @@ pub mod verb {
     pub const READ_CONSOLE: &str = "read_console";
     pub const EXEC: &str = "exec";
     pub const LIST_SERVICES: &str = "list_services";
+    pub const READ_LOG: &str = "read_log";
     pub const IMPORT: &str = "import";
     pub const REMOVE: &str = "remove";
     pub const PULL: &str = "pull";
@@ -238,6 +239,7 @@ impl v1::VmCommand {
             Command::ReadConsole(_) => verb::READ_CONSOLE,
             Command::Exec(_) => verb::EXEC,
             Command::ListServices(_) => verb::LIST_SERVICES,
+            Command::ReadLog(_) => verb::READ_LOG,
         })
     }
 }

@@ -172,6 +172,19 @@ pub trait VmInstance: Send + Sync {
             why: "this guest has no agent".into(),
         })
     }
+    /// The tail of a service's log in the guest (`service` empty: the main one), over its
+    /// agent channel.
+    async fn read_log(
+        &self,
+        _service: &str,
+        _max_bytes: u32,
+    ) -> Result<pitwall_proto::v1::LogData, VmmError> {
+        Err(VmmError::Control {
+            vm: format!("pid {}", self.pid()),
+            op: "read log",
+            why: "this guest has no agent".into(),
+        })
+    }
     /// Run a command in the guest to completion, over its agent channel.
     async fn exec(
         &self,

@@ -172,7 +172,9 @@ impl AgentPort {
                         let _ = commands.send(Command::Shutdown { grace });
                     }
                     Some(
-                        agent_request::Request::ListServices(_) | agent_request::Request::Exec(_),
+                        agent_request::Request::ListServices(_)
+                        | agent_request::Request::Exec(_)
+                        | agent_request::Request::ReadLog(_),
                     ) => {
                         let answer = AgentEvent {
                             reply_to: req.id,

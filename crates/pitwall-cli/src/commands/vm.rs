@@ -48,6 +48,21 @@ pub async fn run(ctx: &Ctx, command: VmCommand) -> anyhow::Result<()> {
         VmCommand::Delete(a) => action(ctx, Action::Delete, a).await,
         VmCommand::Wait(a) => wait(ctx, a).await,
         VmCommand::Console(a) => console(ctx, a).await,
+        VmCommand::Logs {
+            name,
+            service,
+            max_bytes,
+        } => {
+            use std::io::Write as _;
+            let data = ctx
+                .client
+                .logs(&name, service.as_deref(), max_bytes)
+                .await?;
+            let mut out = std::io::stdout();
+            out.write_all(&data)?;
+            out.flush()?;
+            Ok(())
+        }
         VmCommand::Services { name } => {
             let services = ctx.client.services(&name).await?;
             ctx.show(&services, |s, _| output::service_table(s))

@@ -570,6 +570,20 @@ async fn exec_i_sends_standard_input() {
 }
 
 #[tokio::test]
+async fn vm_logs_prints_the_asked_services_log_raw() {
+    let api = MockApi::start().await;
+    let run = against(&api, &["vm", "logs", "web"]).await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "log of main\n"),
+        "{}",
+        run.stderr
+    );
+    let run = against(&api, &["vm", "logs", "web", "-s", "worker"]).await;
+    assert_eq!(run.stdout, "log of worker\n");
+}
+
+#[tokio::test]
 async fn vm_services_prints_a_table() {
     let api = MockApi::start().await;
     let run = against(&api, &["vm", "services", "web"]).await;

@@ -16,7 +16,8 @@
 //!
 //! Exec (`web` only; others answer 409 conflict): the guest "prints" its command joined by
 //! spaces, then a newline, then what it got on stdin, on stdout; `stderr` on stderr; its exit
-//! code is N of an argument `exit N`, if any. `web` has two services.
+//! code is N of an argument `exit N`, if any. `web` has two services; a log says
+//! `log of SERVICE\n` (`main` when none is asked for).
 //!
 //! Auth (built-in issuer): user `alice` with password `s3cret` logs in with token `tok-alice`
 //! (valid for an hour, refresh token `ref-alice`, which refreshes to `tok-alice-2`).
@@ -71,6 +72,7 @@ impl MockApi {
             .route("/v1/vms/{name}/console", get(console))
             .route("/v1/vms/{name}/exec", post(exec))
             .route("/v1/vms/{name}/services", get(services))
+            .route("/v1/vms/{name}/logs", get(logs))
             .route("/v1/images", post(import_image))
             .route(
                 "/v1/images/{*reference}",
@@ -313,6 +315,11 @@ async fn exec(Path(name): Path<String>, Json(req): Json<pitwall_api::ExecRequest
         timed_out: false,
     })
     .into_response()
+}
+
+async fn logs(Query(q): Query<HashMap<String, String>>) -> Response {
+    let service = q.get("service").map_or("main", String::as_str);
+    format!("log of {service}\n").into_response()
 }
 
 async fn services(Path(_name): Path<String>) -> Response {

@@ -1,12 +1,15 @@
 //! Questions for a RUNNING VM's guest, carried by its host to the guest's init agent over
 //! the VM's private channel (not the network, not SSH): `POST /v1/vms/{name}/exec` runs a
-//! command to completion, `GET /v1/vms/{name}/services` lists the supervised services.
+//! command to completion, `GET /v1/vms/{name}/services` lists the supervised services,
+//! `GET /v1/vms/{name}/logs` gives the tail of a service's log.
 //! Whoever sees the VM (owner, group, administrator) may ask; grantees only connect.
 
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pitwall_api::{ExecRequest, ExecResponse, ServiceStatus};
 use pitwall_core::{RestartPolicy, VmState};
@@ -58,6 +61,57 @@ pub(crate) async fn services(
         )),
         other => Err(ApiError::internal(format!(
             "the host answered a service list with {other:?}"
+        ))),
+    }
+}
+
+/// `?service=NAME&max_bytes=N` of `GET /v1/vms/{name}/logs`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogQuery {
+    service: Option<String>,
+    max_bytes: Option<u32>,
+}
+
+const DEFAULT_LOG_BYTES: u32 = 64 * 1024;
+const MAX_LOG_BYTES: u32 = 4 * 1024 * 1024;
+
+pub(crate) async fn logs(
+    State(c): State<Control>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+    v: VisibleVm,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::invalid(format!("{}; use ?service=NAME&max_bytes=N", e.body_text()))
+    })?;
+    let max_bytes = q.max_bytes.unwrap_or(DEFAULT_LOG_BYTES);
+    if max_bytes == 0 || max_bytes > MAX_LOG_BYTES {
+        return Err(ApiError::invalid(format!(
+            "max_bytes must be from 1 to {MAX_LOG_BYTES}"
+        )));
+    }
+    let read = pb::ReadLog {
+        service: q.service.unwrap_or_default(),
+        max_bytes,
+    };
+    let wait = c.inner.cfg.reply_timeout;
+    match ask(&c, v, vm_command::Command::ReadLog(read), wait).await? {
+        guest_answer::Answer::Log(log) => Ok((
+            [
+                (
+                    header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8".to_string(),
+                ),
+                (
+                    header::HeaderName::from_static("x-pitwall-log-truncated"),
+                    log.truncated.to_string(),
+                ),
+            ],
+            log.data,
+        )
+            .into_response()),
+        other => Err(ApiError::internal(format!(
+            "the host answered a log read with {other:?}"
         ))),
     }
 }
@@ -147,6 +201,7 @@ async fn ask(
     };
     let verb = match &q {
         vm_command::Command::Exec(_) => verb::EXEC,
+        vm_command::Command::ReadLog(_) => verb::READ_LOG,
         _ => verb::LIST_SERVICES,
     };
     let cmd = VmCommand {

@@ -102,7 +102,7 @@ pub struct AgentRequest {
     /// expected beyond the events the request causes.
     #[prost(uint64, tag = "10")]
     pub id: u64,
-    #[prost(oneof = "agent_request::Request", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "agent_request::Request", tags = "1, 2, 3, 4, 5")]
     pub request: ::core::option::Option<agent_request::Request>,
 }
 /// Nested message and enum types in `AgentRequest`.
@@ -121,7 +121,20 @@ pub mod agent_request {
         /// Run a command to completion; answered with AgentEvent.exec_result.
         #[prost(message, tag = "4")]
         Exec(super::Exec),
+        /// The tail of a service's log; answered with AgentEvent.log.
+        #[prost(message, tag = "5")]
+        ReadLog(super::ReadLog),
     }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReadLog {
+    /// The service; empty: the first (main) one.
+    #[prost(string, tag = "1")]
+    pub service: ::prost::alloc::string::String,
+    /// At most this many bytes from the end (of the current log and, before it, the rotated
+    /// one).
+    #[prost(uint32, tag = "2")]
+    pub max_bytes: u32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListServices {}
@@ -155,7 +168,7 @@ pub struct AgentEvent {
     /// The AgentRequest.id this answers, 0 for unsolicited events.
     #[prost(uint64, tag = "10")]
     pub reply_to: u64,
-    #[prost(oneof = "agent_event::Event", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "agent_event::Event", tags = "1, 2, 3, 4, 5, 6")]
     pub event: ::core::option::Option<agent_event::Event>,
 }
 /// Nested message and enum types in `AgentEvent`.
@@ -173,7 +186,19 @@ pub mod agent_event {
         /// A request that could not be carried out: why.
         #[prost(string, tag = "5")]
         Error(::prost::alloc::string::String),
+        #[prost(message, tag = "6")]
+        Log(super::LogData),
     }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LogData {
+    #[prost(string, tag = "1")]
+    pub service: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    /// True when older output was left out.
+    #[prost(bool, tag = "3")]
+    pub truncated: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ServiceList {
@@ -373,7 +398,7 @@ pub struct VmCommand {
     /// commands older than what they already applied.
     #[prost(uint64, tag = "2")]
     pub generation: u64,
-    #[prost(oneof = "vm_command::Command", tags = "10, 11, 12, 13, 14, 15, 16")]
+    #[prost(oneof = "vm_command::Command", tags = "10, 11, 12, 13, 14, 15, 16, 17")]
     pub command: ::core::option::Option<vm_command::Command>,
 }
 /// Nested message and enum types in `VmCommand`.
@@ -396,6 +421,9 @@ pub mod vm_command {
         Exec(super::Exec),
         #[prost(message, tag = "16")]
         ListServices(super::ListServices),
+        /// The tail of a service's log in the guest.
+        #[prost(message, tag = "17")]
+        ReadLog(super::ReadLog),
     }
 }
 /// A host's answer to VmCommand.exec or .list_services.
@@ -406,7 +434,7 @@ pub struct GuestAnswer {
     /// Set when the question could not be put to the guest or it refused: why.
     #[prost(string, tag = "2")]
     pub error: ::prost::alloc::string::String,
-    #[prost(oneof = "guest_answer::Answer", tags = "10, 11")]
+    #[prost(oneof = "guest_answer::Answer", tags = "10, 11, 12")]
     pub answer: ::core::option::Option<guest_answer::Answer>,
 }
 /// Nested message and enum types in `GuestAnswer`.
@@ -417,6 +445,8 @@ pub mod guest_answer {
         Exec(super::ExecResult),
         #[prost(message, tag = "11")]
         Services(super::ServiceList),
+        #[prost(message, tag = "12")]
+        Log(super::LogData),
     }
 }
 /// Ask for the tail of the VM's captured serial console; answered with ConsoleOutput sent to

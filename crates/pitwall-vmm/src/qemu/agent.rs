@@ -140,6 +140,7 @@ impl AgentLink {
             Some(
                 agent_event::Event::Services(_)
                 | agent_event::Event::ExecResult(_)
+                | agent_event::Event::Log(_)
                 | agent_event::Event::Error(_),
             )
             | None => {

@@ -566,6 +566,47 @@ async fn exec_is_put_to_the_vms_host_and_answers_with_the_guests_output() {
 }
 
 #[tokio::test]
+async fn logs_ask_the_host_for_a_services_log_tail_and_answer_it_as_text() {
+    let mut h = Harness::start().await;
+    let vm = h.run_vm("a").await;
+    let call = h.spawn_call(
+        Method::GET,
+        "/v1/vms/a/logs?service=web&max_bytes=100",
+        Body::empty(),
+    );
+    let (key, request) = h.host.next_command().await;
+    assert_eq!(key, format!("orchestrator.{HOST}.vm.read_log"));
+    let Some(Payload::VmCommand(cmd)) = &request.payload else {
+        panic!("not a VM command: {request:?}");
+    };
+    let Some(Command::ReadLog(read)) = &cmd.command else {
+        panic!("not a log read: {cmd:?}");
+    };
+    assert_eq!((read.service.as_str(), read.max_bytes), ("web", 100));
+    h.host
+        .reply(
+            &request,
+            Payload::GuestAnswer(pitwall_proto::v1::GuestAnswer {
+                vm_id: vm.id.clone(),
+                error: String::new(),
+                answer: Some(pitwall_proto::v1::guest_answer::Answer::Log(
+                    pitwall_proto::v1::LogData {
+                        service: "web".into(),
+                        data: b"listening\n".to_vec(),
+                        truncated: true,
+                    },
+                )),
+            }),
+        )
+        .await;
+    let r = call.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), "listening\n");
+    let r = h.get("/v1/vms/a/logs?max_bytes=0").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+}
+
+#[tokio::test]
 async fn exec_and_services_are_refused_before_the_host_is_asked_when_they_cannot_work() {
     let mut h = Harness::start().await;
     h.create_vm("idle").await;
