@@ -228,6 +228,26 @@ impl VmInstance for FakeInstance {
     fn is_alive(&self) -> bool {
         self.vm.is_alive()
     }
+
+    /// The fake guest's `main` wrote one line.
+    async fn read_log(
+        &self,
+        service: &str,
+        _max_bytes: u32,
+    ) -> Result<pitwall_proto::v1::LogData, VmmError> {
+        match service {
+            "" | "main" => Ok(pitwall_proto::v1::LogData {
+                service: "main".into(),
+                data: b"main started\n".to_vec(),
+                truncated: false,
+            }),
+            other => Err(VmmError::GuestRefused {
+                vm: self.vm.inner.name.clone(),
+                op: "read log",
+                why: format!("no service {other:?}"),
+            }),
+        }
+    }
 }
 
 /// One launch the host asked for.

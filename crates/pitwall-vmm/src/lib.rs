@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+pub use pitwall_proto::v1::{Exec, ExecResult, RestartPolicy, ServiceState};
 
 pub mod accel;
 pub mod disk;
@@ -50,6 +51,23 @@ pub enum VmmError {
     GuestFailed { vm: String, why: String },
     #[error("VM {vm}: {op} failed: {why}")]
     Control {
+        vm: String,
+        op: &'static str,
+        why: String,
+    },
+    #[error(
+        "VM {vm}: cannot {op}: the guest agent is not connected (is the guest booted and \
+         running powerunit?)"
+    )]
+    AgentUnavailable { vm: String, op: &'static str },
+    #[error("VM {vm}: {op}: {why}")]
+    Agent {
+        vm: String,
+        op: &'static str,
+        why: String,
+    },
+    #[error("VM {vm}: the guest refused to {op}: {why}")]
+    GuestRefused {
         vm: String,
         op: &'static str,
         why: String,
@@ -163,39 +181,19 @@ pub trait VmInstance: Send + Sync {
     fn ssh_host_key(&self) -> Option<String> {
         None
     }
-    /// The state of the services the guest's init supervises, asked over its agent channel.
-    /// Guests without an agent (no powerunit) answer with an error.
-    async fn services(&self) -> Result<Vec<pitwall_proto::v1::ServiceState>, VmmError> {
-        Err(VmmError::Control {
-            vm: format!("pid {}", self.pid()),
-            op: "list services",
-            why: "this guest has no agent".into(),
-        })
-    }
-    /// The tail of a service's log in the guest (`service` empty: the main one), over its
-    /// agent channel.
+    /// The guest's supervised services, as powerunit reports them.
+    async fn services(&self) -> Result<Vec<ServiceState>, VmmError>;
+    /// Run a command in the guest to completion (`req.timeout_ms`, 0 meaning 60 s, after
+    /// which the guest kills it and reports `timed_out`). A command that cannot start
+    /// (unknown program or user) is [`VmmError::GuestRefused`].
+    async fn exec(&self, req: Exec) -> Result<ExecResult, VmmError>;
+    /// The tail of a service's log in the guest (`service` empty: the first, main one), at
+    /// most `max_bytes`. An unknown service is [`VmmError::GuestRefused`].
     async fn read_log(
         &self,
-        _service: &str,
-        _max_bytes: u32,
-    ) -> Result<pitwall_proto::v1::LogData, VmmError> {
-        Err(VmmError::Control {
-            vm: format!("pid {}", self.pid()),
-            op: "read log",
-            why: "this guest has no agent".into(),
-        })
-    }
-    /// Run a command in the guest to completion, over its agent channel.
-    async fn exec(
-        &self,
-        _req: pitwall_proto::v1::Exec,
-    ) -> Result<pitwall_proto::v1::ExecResult, VmmError> {
-        Err(VmmError::Control {
-            vm: format!("pid {}", self.pid()),
-            op: "exec",
-            why: "this guest has no agent".into(),
-        })
-    }
+        service: &str,
+        max_bytes: u32,
+    ) -> Result<pitwall_proto::v1::LogData, VmmError>;
 }
 
 #[async_trait]

@@ -13,14 +13,21 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use pitwall_proto::v1::{agent_event, agent_request, AgentEvent, AgentRequest, GuestStatus};
+use pitwall_proto::v1::{
+    agent_event, agent_request, AgentEvent, AgentRequest, GuestStatus, LogData, ReadLog,
+    ServiceList, ServiceState,
+};
 use prost::Message;
 
+use crate::exec;
 use crate::wire::FrameReader;
+
+/// How long sending an exec's result may take (up to 2 MiB of output over the port).
+const RESULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The virtio-serial port name the host's VMM driver creates.
 pub const PORT_NAME: &str = "org.pitwall.agent";
@@ -58,6 +65,15 @@ pub fn find_port(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// What the agent answers from, kept current by the supervisor.
+#[derive(Debug, Default)]
+pub struct Api {
+    /// The services' states, as `ListServices` reports them.
+    pub services: Arc<Mutex<Vec<ServiceState>>>,
+    /// Set once the root is switched: before that, `Exec` has nothing to run in.
+    pub exec: OnceLock<exec::Context>,
 }
 
 /// The open agent port, shared by the serving thread and the supervisor.
@@ -125,8 +141,14 @@ impl AgentPort {
     }
 
     /// Serve requests until the process ends: `Ping` is answered with the status,
-    /// `Shutdown` is handed to the supervisor.
-    pub fn serve(self: Arc<Self>, status: Arc<Mutex<GuestStatus>>, commands: Sender<Command>) {
+    /// `Shutdown` is handed to the supervisor, `ListServices` answered from `api`, each
+    /// `Exec` run on a thread of its own.
+    pub fn serve(
+        self: Arc<Self>,
+        status: Arc<Mutex<GuestStatus>>,
+        commands: Sender<Command>,
+        api: Arc<Api>,
+    ) {
         let mut frames = FrameReader::default();
         let mut buf = [0u8; 4096];
         loop {
@@ -142,7 +164,7 @@ impl AgentPort {
                 }
                 Ok(n) => {
                     frames.push(&buf[..n]);
-                    self.drain(&mut frames, &status, &commands);
+                    self.drain(&mut frames, &status, &commands, &api);
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
                 Err(e) => {
@@ -154,10 +176,11 @@ impl AgentPort {
     }
 
     fn drain(
-        &self,
+        self: &Arc<Self>,
         frames: &mut FrameReader,
         status: &Mutex<GuestStatus>,
         commands: &Sender<Command>,
+        api: &Arc<Api>,
     ) {
         loop {
             match frames.next_frame::<AgentRequest>() {
@@ -171,18 +194,19 @@ impl AgentPort {
                         let grace = Duration::from_millis(u64::from(s.grace_ms));
                         let _ = commands.send(Command::Shutdown { grace });
                     }
-                    Some(
-                        agent_request::Request::ListServices(_)
-                        | agent_request::Request::Exec(_)
-                        | agent_request::Request::ReadLog(_),
-                    ) => {
-                        let answer = AgentEvent {
-                            reply_to: req.id,
-                            event: Some(agent_event::Event::Error(
-                                "this powerunit does not serve that request yet".into(),
-                            )),
-                        };
-                        let _ = self.send(&answer, Duration::from_secs(2));
+                    Some(agent_request::Request::ListServices(_)) => {
+                        let services = api
+                            .services
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone();
+                        let answer = agent_event::Event::Services(ServiceList { services });
+                        let _ = self.reply(req.id, answer, Duration::from_secs(2));
+                    }
+                    Some(agent_request::Request::Exec(x)) => self.exec(req.id, x, api),
+                    Some(agent_request::Request::ReadLog(r)) => {
+                        let answer = read_log(&api.services, &r);
+                        let _ = self.reply(req.id, answer, RESULT_SEND_TIMEOUT);
                     }
                     None => {}
                 },
@@ -193,6 +217,75 @@ impl AgentPort {
                 }
             }
         }
+    }
+}
+
+impl AgentPort {
+    fn reply(&self, id: u64, event: agent_event::Event, timeout: Duration) -> std::io::Result<()> {
+        let answer = AgentEvent {
+            reply_to: id,
+            event: Some(event),
+        };
+        self.send(&answer, timeout)
+    }
+
+    /// Run `x` on a thread of its own and answer with its result or why it did not run.
+    fn exec(self: &Arc<Self>, id: u64, x: pitwall_proto::v1::Exec, api: &Arc<Api>) {
+        let (port, api) = (self.clone(), api.clone());
+        let spawned = std::thread::Builder::new()
+            .name("exec".into())
+            .spawn(move || {
+                let answer = match api.exec.get() {
+                    None => agent_event::Event::Error("the guest is not ready yet".into()),
+                    Some(ctx) => match exec::run(ctx, &x) {
+                        Ok(result) => agent_event::Event::ExecResult(result),
+                        Err(e) => agent_event::Event::Error(e.0),
+                    },
+                };
+                if let Err(e) = port.reply(id, answer, RESULT_SEND_TIMEOUT) {
+                    crate::say!("agent port: exec result: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            let why = format!("cannot start a thread for exec: {e}");
+            let _ = self.reply(id, agent_event::Event::Error(why), Duration::from_secs(2));
+        }
+    }
+}
+
+/// Most bytes of log one answer carries (the host reads frames of up to 4 MiB).
+const MAX_LOG_ANSWER: u32 = 3 << 20;
+
+/// The tail of a declared service's log (empty name: the first service), or why not.
+fn read_log(services: &Mutex<Vec<ServiceState>>, r: &ReadLog) -> agent_event::Event {
+    let names: Vec<String> = services
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let service = if r.service.is_empty() {
+        match names.first() {
+            Some(n) => n.clone(),
+            None => return agent_event::Event::Error("no service runs yet".into()),
+        }
+    } else if names.contains(&r.service) {
+        r.service.clone()
+    } else {
+        return agent_event::Event::Error(format!(
+            "no service {:?} in this VM; its services: {}",
+            r.service,
+            names.join(", ")
+        ));
+    };
+    let max = r.max_bytes.clamp(1, MAX_LOG_ANSWER);
+    match crate::logs::tail(Path::new(crate::logs::LOG_DIR), &service, u64::from(max)) {
+        Ok((data, truncated)) => agent_event::Event::Log(LogData {
+            service,
+            data,
+            truncated,
+        }),
+        Err(e) => agent_event::Event::Error(format!("cannot read the log of {service}: {e}")),
     }
 }
 

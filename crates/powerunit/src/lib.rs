@@ -5,24 +5,30 @@
 //! agent port, finds its disks by content (config disk by magic, ext4 disks by label),
 //! overlays the VM's writable disk on the shared read-only base, switches root, brings up
 //! loopback and the NIC the config names (address, default route, `/etc/hosts`,
-//! `/etc/resolv.conf`), starts the workload the config names, reports readiness to the
-//! host, reaps every child, and powers the guest off when the workload ends or the host asks.
+//! `/etc/resolv.conf`), starts the services the config declares (restarted by their policy,
+//! their output on the console and in `/var/log/pitwall`), reports readiness to the host,
+//! serves its agent requests (service status, exec), reaps every child, and powers the guest
+//! off when the first service ends for good or the host asks.
 //!
 //! What it must not do: exit or panic (the kernel panics when PID 1 ends), pull in heavy
 //! dependencies (it is a static binary inside every guest), or trust device order.
 //!
 //! Module map: [`supervisor`] runs the sequence; [`mounts`], [`modules`], [`disks`],
-//! [`net`], [`agent`], [`workload`] do one stage each; [`reaper`] hands exit codes to
-//! whoever started a process; [`wire`] holds the host ↔ guest encodings.
+//! [`net`], [`agent`], [`workload`] do one stage each; [`services`] supervises the declared
+//! services, [`logs`] carries their output, [`exec`] runs the agent's commands; [`reaper`]
+//! hands exit codes to whoever started a process; [`wire`] holds the host ↔ guest encodings.
 
 pub mod agent;
 pub mod console;
 pub mod disks;
 pub mod error;
+pub mod exec;
+pub mod logs;
 pub mod modules;
 pub mod mounts;
 pub mod net;
 pub mod reaper;
+pub mod services;
 pub mod supervisor;
 pub mod wire;
 pub mod workload;

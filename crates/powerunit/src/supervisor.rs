@@ -1,9 +1,10 @@
-//! The boot sequence and the life of PID 1 after it: reaping, the workload's exit, the
-//! host's shutdown request, and the final power-off. Any error or panic ends in
+//! The boot sequence and the life of PID 1 after it: reaping, the services (restarts, the
+//! first one's end), the host's shutdown request, and the final power-off. Any error or panic ends in
 //! [`Init::fatal`]: print it, report it to the host, power off. PID 1 never exits.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,10 +16,12 @@ use pitwall_proto::v1::{agent_event, AgentEvent, GuestConfig, GuestStatus, Workl
 
 use crate::agent::{self, AgentPort, Command};
 use crate::error::{Context, Result};
+use crate::logs::{self, Logger};
 use crate::reaper::Reaper;
-use crate::{console, disks, modules, mounts, net, say, workload};
+use crate::services::{self, Services};
+use crate::{console, disks, exec, modules, mounts, net, say};
 
-/// How long the workload's other processes get after the workload itself exited.
+/// How long the other services and processes get after the first service ended.
 const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// How long to wait for the disks, the NIC and the agent port to appear.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,9 +34,11 @@ struct Init {
     agent: Option<Arc<AgentPort>>,
     commands: Receiver<Command>,
     commands_tx: Sender<Command>,
-    /// The workload's pid and where its exit code arrives.
-    workload: Option<(u32, Receiver<i32>)>,
-    workload_exited: bool,
+    /// What the agent answers from (services' states, exec's context).
+    api: Arc<agent::Api>,
+    services: Option<Services>,
+    /// The first service ended for good: the guest powers off.
+    first_ended: bool,
 }
 
 pub fn run() -> ! {
@@ -44,8 +49,9 @@ pub fn run() -> ! {
         agent: None,
         commands,
         commands_tx,
-        workload: None,
-        workload_exited: false,
+        api: Arc::default(),
+        services: None,
+        first_ended: false,
     };
     match catch_unwind(AssertUnwindSafe(|| init.boot())) {
         Ok(Ok(())) => {}
@@ -119,7 +125,7 @@ impl Init {
         )?;
         net::write_etc(Path::new("/etc"), &hostname, network.as_ref());
 
-        self.start_workload(&cfg, &hostname)?;
+        self.start_services(&cfg, &hostname)?;
         let status = self.set_status(|s| s.ready = true);
         self.push_status(&status);
         say!("ready");
@@ -140,10 +146,10 @@ impl Init {
             Ok(port) => {
                 let port = Arc::new(port);
                 let (status, tx) = (self.status.clone(), self.commands_tx.clone());
-                let serving = port.clone();
+                let (serving, api) = (port.clone(), self.api.clone());
                 let spawned = std::thread::Builder::new()
                     .name("agent".into())
-                    .spawn(move || serving.serve(status, tx));
+                    .spawn(move || serving.serve(status, tx, api));
                 match spawned {
                     Ok(_) => {
                         say!("agent on {}", path.display());
@@ -156,12 +162,20 @@ impl Init {
         }
     }
 
-    fn start_workload(&mut self, cfg: &GuestConfig, hostname: &str) -> Result<()> {
-        let spec = workload::resolve(cfg, Path::new("/"), hostname)?;
-        let console = console::open().context(|| "open /dev/console".to_string())?;
-        let pid = workload::spawn(&spec, &console)?;
-        say!("started {} (pid {pid})", spec.program.display());
-        self.workload = Some((pid, Reaper::global().watch(pid)));
+    /// Check every service, then start them all (a failure fails the boot), and let the
+    /// agent's exec run from now on.
+    fn start_services(&mut self, cfg: &GuestConfig, hostname: &str) -> Result<()> {
+        let plans = services::plan(cfg, Path::new("/"), hostname)?;
+        let logger = Logger::start(PathBuf::from(logs::LOG_DIR), Box::new(std::io::stderr()))
+            .map_err(|e| crate::err!("cannot start the output thread: {e}"))?;
+        let board = self.api.services.clone();
+        let (started, result) = Services::start(plans, logger, board);
+        self.services = Some(started);
+        result?;
+        let _ = self.api.exec.set(exec::Context {
+            env: cfg.env.clone(),
+            hostname: hostname.to_string(),
+        });
         Ok(())
     }
 
@@ -180,28 +194,26 @@ impl Init {
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
             }
             self.reap();
-            if self.workload.is_none() && self.workload_exited {
+            if self.first_ended {
                 self.shutdown(EXIT_GRACE);
             }
         }
     }
 
-    /// Reap every exited child without blocking (delivering exit codes to their watchers)
-    /// and notice the workload's end. Returns false once there are no children.
+    /// Reap every exited child without blocking (delivering exit codes to their watchers),
+    /// restart the services due and notice the first one's end. Returns false once there
+    /// are no children.
     fn reap(&mut self) -> bool {
         let left = Reaper::global().reap();
-        let code = match &self.workload {
-            Some((_, rx)) => rx.try_recv().ok(),
-            None => None,
-        };
-        if let Some(code) = code {
+        let ended = self.services.as_mut().and_then(|s| s.tick(Instant::now()));
+        if let Some(code) = ended {
             self.workload_ended(code);
         }
         left
     }
 
+    /// The first service ended for good with `code`: the VM's exit code.
     fn workload_ended(&mut self, code: i32) {
-        self.workload = None;
         say!("workload exited with code {code}");
         if let Some(agent) = &self.agent {
             let event = AgentEvent {
@@ -210,14 +222,19 @@ impl Init {
             };
             let _ = agent.send(&event, Duration::from_secs(2));
         }
-        self.workload_exited = true;
+        self.first_ended = true;
     }
 
-    /// SIGTERM everything, wait up to `grace`, SIGKILL what is left, power off.
+    /// Stop the services (SIGTERM to their process groups, up to `grace`, SIGKILL), then
+    /// the same for every other process, and power off.
     fn shutdown(&mut self, grace: Duration) -> ! {
         say!("stopping all processes");
+        let first = self.services.as_mut().and_then(|s| s.stop(grace));
+        if let Some(code) = first {
+            self.workload_ended(code);
+        }
         let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
-        if !self.wait_children(grace) {
+        if !self.wait_children(grace.min(EXIT_GRACE)) {
             say!(
                 "processes left after {} ms: killing them",
                 grace.as_millis()

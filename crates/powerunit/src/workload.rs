@@ -177,26 +177,44 @@ pub fn resolve(cfg: &GuestConfig, root: &Path, hostname: &str) -> Result<Spec> {
 
 /// Start the workload; returns its PID. The caller (PID 1) reaps it.
 pub fn spawn(spec: &Spec, console: &File) -> Result<u32> {
-    let _ = std::fs::create_dir_all(&spec.cwd);
     let out = console.try_clone().map_err(|e| err!("console: {e}"))?;
     let errs = console.try_clone().map_err(|e| err!("console: {e}"))?;
+    let mut cmd = command(spec);
+    cmd.stdin(Stdio::null()).stdout(out).stderr(errs);
+    let child = cmd
+        .spawn()
+        .map_err(|e| err!("cannot execute {}: {e}", spec.program.display()))?;
+    // Dropping a `Child` neither waits nor kills: PID 1's reaper collects it.
+    Ok(child.id())
+}
+
+/// The command for `spec`, in a new session (its own process group), without its stdio:
+/// the caller sets those, spawns, and hands the pid to the reaper.
+pub fn command(spec: &Spec) -> Command {
+    let _ = std::fs::create_dir_all(&spec.cwd);
     let mut cmd = Command::new(&spec.program);
     cmd.arg0(&spec.argv[0])
         .args(&spec.argv[1..])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(errs)
         .uid(spec.uid)
         .gid(spec.gid);
     new_session(&mut cmd);
-    let child = cmd
-        .spawn()
-        .map_err(|e| err!("cannot execute {}: {e}", spec.program.display()))?;
-    // Dropping a `Child` neither waits nor kills: PID 1's reaper collects it.
-    Ok(child.id())
+    cmd
+}
+
+/// `base` (KEY=VALUE pairs) with `extra` after it: a key of `extra` replaces the same key
+/// of `base`.
+pub fn merge_env(base: &[String], extra: &[String]) -> Vec<String> {
+    let key = |kv: &str| kv.split_once('=').map_or(kv, |(k, _)| k).to_string();
+    let mut env: Vec<String> = base.to_vec();
+    for kv in extra {
+        let k = key(kv);
+        env.retain(|e| key(e) != k);
+        env.push(kv.clone());
+    }
+    env
 }
 
 #[allow(unsafe_code)]
@@ -218,6 +236,13 @@ mod tests {
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34:www:/var/www:/bin/false\n";
     const GROUP: &str = "root:x:0:\nstaff:x:50:\n";
+
+    #[test]
+    fn later_env_entries_replace_earlier_keys() {
+        let base = ["PATH=/bin".to_string(), "A=1".to_string()];
+        let extra = ["A=2".to_string(), "B".to_string()];
+        assert_eq!(merge_env(&base, &extra), ["PATH=/bin", "A=2", "B"]);
+    }
 
     #[test]
     fn empty_user_is_root_with_its_home() {

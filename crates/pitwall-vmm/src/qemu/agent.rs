@@ -3,8 +3,14 @@
 //! out, `AgentEvent` in. The link reconnects while the VMM lives (QEMU serves one client at a
 //! time and keeps listening), sends `Ping` on every connect so the guest answers with its
 //! current status, and publishes what it learns in a watch channel.
+//!
+//! Requests that expect an answer ([`AgentLink::request`]) get the next id; the answer
+//! (`AgentEvent.reply_to`) is matched to its caller through a map of pending oneshots, in
+//! whatever order the guest answers. When the connection ends every pending request fails.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +19,26 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{oneshot, watch, Mutex};
 
-/// Frames larger than this are a protocol error.
-const MAX_FRAME_LEN: usize = 1 << 20;
+/// Frames larger than this are a protocol error (an exec result carries up to 1 MiB of
+/// stdout and 1 MiB of stderr).
+const MAX_FRAME_LEN: usize = 4 << 20;
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RequestError {
+    #[error("the guest agent is not connected")]
+    NotConnected,
+    #[error("the guest agent disconnected before answering")]
+    Disconnected,
+    #[error("the guest agent did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("writing to the agent socket: {0}")]
+    Io(String),
+}
+
+type Pending = std::sync::Mutex<HashMap<u64, oneshot::Sender<agent_event::Event>>>;
 
 /// What the guest told us so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,6 +56,8 @@ pub(crate) struct AgentLink {
     socket: PathBuf,
     state: watch::Sender<AgentState>,
     writer: Mutex<Option<OwnedWriteHalf>>,
+    next_id: AtomicU64,
+    pending: Pending,
 }
 
 impl AgentLink {
@@ -42,7 +66,50 @@ impl AgentLink {
             socket,
             state: watch::Sender::new(AgentState::default()),
             writer: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            pending: Pending::default(),
         })
+    }
+
+    fn pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<agent_event::Event>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Send `request` with a fresh id and wait up to `timeout` for the guest's answer.
+    pub(crate) async fn request(
+        &self,
+        request: agent_request::Request,
+        timeout: Duration,
+    ) -> Result<agent_event::Event, RequestError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending().insert(id, tx);
+        let req = AgentRequest {
+            id,
+            request: Some(request),
+        };
+        if let Err(e) = self.send(req).await {
+            self.pending().remove(&id);
+            return Err(match e.kind() {
+                std::io::ErrorKind::NotConnected => RequestError::NotConnected,
+                _ => RequestError::Io(e.to_string()),
+            });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(event)) => Ok(event),
+            Ok(Err(_)) => Err(RequestError::Disconnected),
+            Err(_) => {
+                self.pending().remove(&id);
+                Err(RequestError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// The connection ended: every request waiting for an answer fails.
+    fn fail_pending(&self) {
+        self.pending().clear();
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<AgentState> {
@@ -70,6 +137,7 @@ impl AgentLink {
                 Ok(stream) => {
                     self.serve(stream).await;
                     self.state.send_modify(|s| s.connected = false);
+                    self.fail_pending();
                 }
                 Err(e) => {
                     tracing::trace!(socket = %self.socket.display(), error = %e, "agent socket not ready")
@@ -116,6 +184,19 @@ impl AgentLink {
     }
 
     fn apply(&self, event: AgentEvent) {
+        if event.reply_to != 0 {
+            let waiter = self.pending().remove(&event.reply_to);
+            match (waiter, event.event) {
+                (Some(tx), Some(answer)) => {
+                    let _ = tx.send(answer);
+                }
+                (Some(_), None) => {} // dropping the sender fails the request
+                (None, _) => {
+                    tracing::debug!(reply_to = event.reply_to, "answer to no pending request")
+                }
+            }
+            return;
+        }
         match event.event {
             Some(agent_event::Event::Status(s)) => {
                 tracing::debug!(ready = s.ready, error = %s.error, kernel = %s.kernel, "guest status");
@@ -136,7 +217,7 @@ impl AgentLink {
                 tracing::debug!(code = x.code, "guest workload exited");
                 self.state.send_modify(|st| st.workload_code = Some(x.code));
             }
-            // Answers to requests: nothing sends those yet.
+            // Answers come with a reply_to (handled above).
             Some(
                 agent_event::Event::Services(_)
                 | agent_event::Event::ExecResult(_)
@@ -144,7 +225,7 @@ impl AgentLink {
                 | agent_event::Event::Error(_),
             )
             | None => {
-                tracing::trace!(reply_to = event.reply_to, "unhandled agent event")
+                tracing::trace!("unsolicited agent event ignored")
             }
         }
     }
@@ -267,5 +348,120 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// Read requests off `guest` until `n` complete ones arrived (the Ping included).
+    async fn read_requests(
+        guest: &mut UnixStream,
+        buf: &mut Vec<u8>,
+        n: usize,
+    ) -> Vec<AgentRequest> {
+        let mut got = Vec::new();
+        loop {
+            while let Ok(len) = prost::decode_length_delimiter(&buf[..]) {
+                let prefix = prost::length_delimiter_len(len);
+                if buf.len() < prefix + len {
+                    break;
+                }
+                got.push(AgentRequest::decode(&buf[prefix..prefix + len]).unwrap());
+                buf.drain(..prefix + len);
+            }
+            if got.len() >= n {
+                return got;
+            }
+            let mut chunk = [0u8; 4096];
+            let r = guest.read(&mut chunk).await.unwrap();
+            assert!(r > 0, "the link closed");
+            buf.extend_from_slice(&chunk[..r]);
+        }
+    }
+
+    fn answer(reply_to: u64, event: agent_event::Event) -> Vec<u8> {
+        AgentEvent {
+            reply_to,
+            event: Some(event),
+        }
+        .encode_length_delimited_to_vec()
+    }
+
+    #[tokio::test]
+    async fn answers_reach_their_callers_in_any_order_and_a_disconnect_fails_the_rest() {
+        use pitwall_proto::v1::{ExecResult, ListServices, ServiceList};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let link = AgentLink::new(sock);
+        let (exit_tx, exit_rx) = watch::channel(false);
+        let task = tokio::spawn(link.clone().run(exit_rx));
+        let (mut guest, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        read_requests(&mut guest, &mut buf, 1).await; // the Ping
+
+        let wait = Duration::from_secs(5);
+        let list = agent_request::Request::ListServices(ListServices {});
+        let exec = agent_request::Request::Exec(Default::default());
+        let (l1, l2) = (link.clone(), link.clone());
+        let first = tokio::spawn(async move { l1.request(list, wait).await });
+        let reqs = read_requests(&mut guest, &mut buf, 1).await;
+        let second = tokio::spawn(async move { l2.request(exec, wait).await });
+        let reqs2 = read_requests(&mut guest, &mut buf, 1).await;
+        let (id1, id2) = (reqs[0].id, reqs2[0].id);
+        assert_ne!(id1, id2);
+        assert!(id1 != 0 && id2 != 0, "0 means no answer expected");
+
+        // The second is answered first, and an answer nobody waits for is ignored.
+        let result = ExecResult {
+            code: 7,
+            ..Default::default()
+        };
+        guest
+            .write_all(&answer(9999, agent_event::Event::Error("stray".into())))
+            .await
+            .unwrap();
+        guest
+            .write_all(&answer(id2, agent_event::Event::ExecResult(result.clone())))
+            .await
+            .unwrap();
+        guest
+            .write_all(&answer(
+                id1,
+                agent_event::Event::Services(ServiceList::default()),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            second.await.unwrap(),
+            Ok(agent_event::Event::ExecResult(result))
+        );
+        assert_eq!(
+            first.await.unwrap(),
+            Ok(agent_event::Event::Services(ServiceList::default()))
+        );
+
+        // A request still waiting when the guest goes away fails at once.
+        let l3 = link.clone();
+        let list = agent_request::Request::ListServices(ListServices {});
+        let third = tokio::spawn(async move { l3.request(list, Duration::from_secs(60)).await });
+        read_requests(&mut guest, &mut buf, 1).await;
+        drop(listener);
+        drop(guest);
+        let failed = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("the pending request fails when the link drops")
+            .unwrap();
+        assert_eq!(failed, Err(RequestError::Disconnected));
+        assert!(link.pending().is_empty());
+
+        // Without a connection a request fails without waiting.
+        let list = agent_request::Request::ListServices(ListServices {});
+        exit_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            link.request(list, Duration::from_secs(60)).await,
+            Err(RequestError::NotConnected)
+        );
     }
 }

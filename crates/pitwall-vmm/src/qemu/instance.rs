@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pitwall_proto::v1::{agent_request, AgentRequest, Shutdown};
+use pitwall_proto::v1::{
+    agent_event, agent_request, AgentRequest, Exec, ExecResult, ListServices, LogData, ReadLog,
+    ServiceState, Shutdown,
+};
 use rustix::process::Signal;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::agent::AgentLink;
+use super::agent::{AgentLink, RequestError};
 use super::process::VmmProcess;
 use super::{qmp, remove_runtime_files, AGENT_SOCK, CONSOLE_LOG, QMP_SOCK};
 use crate::{Exit, VmInstance, VmmError};
@@ -26,6 +29,12 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
 /// Time the agent link gets to read the guest's last frames once QEMU exited.
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// Time the guest gets to answer a `ListServices`.
+const LIST_WAIT: Duration = Duration::from_secs(10);
+/// `Exec.timeout_ms` of 0, as the guest applies it.
+const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time beyond an exec's own timeout for the guest to kill it and send its output.
+const EXEC_SLACK: Duration = Duration::from_secs(30);
 
 struct Shared {
     vm: String,
@@ -120,6 +129,34 @@ impl QemuInstance {
             vm: self.shared.vm.clone(),
             op,
             why: why.into(),
+        }
+    }
+
+    /// Send `request` and wait for its answer, mapping link failures and guest errors.
+    async fn ask(
+        &self,
+        op: &'static str,
+        request: agent_request::Request,
+        timeout: Duration,
+    ) -> Result<agent_event::Event, VmmError> {
+        let vm = self.shared.vm.clone();
+        match self.shared.agent.request(request, timeout).await {
+            Ok(agent_event::Event::Error(why)) => Err(VmmError::GuestRefused { vm, op, why }),
+            Ok(event) => Ok(event),
+            Err(RequestError::NotConnected) => Err(VmmError::AgentUnavailable { vm, op }),
+            Err(e) => Err(VmmError::Agent {
+                vm,
+                op,
+                why: e.to_string(),
+            }),
+        }
+    }
+
+    fn unexpected(&self, op: &'static str, event: &agent_event::Event) -> VmmError {
+        VmmError::Agent {
+            vm: self.shared.vm.clone(),
+            op,
+            why: format!("unexpected answer from the guest: {event:?}"),
         }
     }
 
@@ -255,5 +292,40 @@ impl VmInstance for QemuInstance {
 
     fn ssh_host_key(&self) -> Option<String> {
         self.shared.agent.state().ssh_host_key
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceState>, VmmError> {
+        let request = agent_request::Request::ListServices(ListServices {});
+        match self.ask("list services", request, LIST_WAIT).await? {
+            agent_event::Event::Services(list) => Ok(list.services),
+            other => Err(self.unexpected("list services", &other)),
+        }
+    }
+
+    async fn exec(&self, req: Exec) -> Result<ExecResult, VmmError> {
+        let timeout = match req.timeout_ms {
+            0 => EXEC_DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        } + EXEC_SLACK;
+        let argv0 = req.argv.first().cloned().unwrap_or_default();
+        tracing::debug!(vm_id = %self.shared.vm, program = %argv0, "exec in the guest");
+        match self
+            .ask("exec", agent_request::Request::Exec(req), timeout)
+            .await?
+        {
+            agent_event::Event::ExecResult(result) => Ok(result),
+            other => Err(self.unexpected("exec", &other)),
+        }
+    }
+
+    async fn read_log(&self, service: &str, max_bytes: u32) -> Result<LogData, VmmError> {
+        let request = agent_request::Request::ReadLog(ReadLog {
+            service: service.to_string(),
+            max_bytes,
+        });
+        match self.ask("read log", request, LIST_WAIT).await? {
+            agent_event::Event::Log(log) => Ok(log),
+            other => Err(self.unexpected("read log", &other)),
+        }
     }
 }
