@@ -1,10 +1,10 @@
 //! The boot sequence and the life of PID 1 after it: reaping, the services (restarts, the
-//! first one's end), the host's shutdown request, and the final power-off. Any error or panic ends in
-//! [`Init::fatal`]: print it, report it to the host, power off. PID 1 never exits.
+//! first one's end), the host's shutdown request, and the final power-off. Any error or
+//! panic ends in [`Init::fatal`]: print it, report it to the host, power off. PID 1 never
+//! exits.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,13 +1,13 @@
-//! The workload: the process the `GuestConfig` names (image entrypoint + cmd), resolved
-//! against the new root (`PATH` search, user and group from its `/etc/passwd` and
-//! `/etc/group`, parsed here because a static binary cannot use glibc's NSS), then started
-//! in its own session with stdin from `/dev/null` and stdout/stderr on the console.
+//! How a process of the guest is resolved and started — a service ([`crate::services`]), or
+//! an agent exec ([`crate::exec`]): against the new root (`PATH` search, user and group from
+//! its `/etc/passwd` and `/etc/group`, parsed here because a static binary cannot use glibc's
+//! NSS), its environment, its working directory, in its own session (process group). The
+//! callers set its stdio.
 
-use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use pitwall_proto::v1::GuestConfig;
 
@@ -173,19 +173,6 @@ pub fn resolve(cfg: &GuestConfig, root: &Path, hostname: &str) -> Result<Spec> {
         uid,
         gid,
     })
-}
-
-/// Start the workload; returns its PID. The caller (PID 1) reaps it.
-pub fn spawn(spec: &Spec, console: &File) -> Result<u32> {
-    let out = console.try_clone().map_err(|e| err!("console: {e}"))?;
-    let errs = console.try_clone().map_err(|e| err!("console: {e}"))?;
-    let mut cmd = command(spec);
-    cmd.stdin(Stdio::null()).stdout(out).stderr(errs);
-    let child = cmd
-        .spawn()
-        .map_err(|e| err!("cannot execute {}: {e}", spec.program.display()))?;
-    // Dropping a `Child` neither waits nor kills: PID 1's reaper collects it.
-    Ok(child.id())
 }
 
 /// The command for `spec`, in a new session (its own process group), without its stdio:

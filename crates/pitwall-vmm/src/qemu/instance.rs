@@ -35,6 +35,8 @@ const LIST_WAIT: Duration = Duration::from_secs(10);
 const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time beyond an exec's own timeout for the guest to kill it and send its output.
 const EXEC_SLACK: Duration = Duration::from_secs(30);
+/// The guest takes request frames up to 1 MiB: an exec's stdin must fit in one.
+pub const EXEC_STDIN_MAX: usize = 512 << 10;
 
 struct Shared {
     vm: String,
@@ -307,6 +309,17 @@ impl VmInstance for QemuInstance {
             0 => EXEC_DEFAULT_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)),
         } + EXEC_SLACK;
+        if req.stdin.len() > EXEC_STDIN_MAX {
+            return Err(VmmError::Agent {
+                vm: self.shared.vm.clone(),
+                op: "exec",
+                why: format!(
+                    "stdin of {} bytes is over the {EXEC_STDIN_MAX} an exec can carry; copy the \
+                     data into the guest as a file instead",
+                    req.stdin.len()
+                ),
+            });
+        }
         let argv0 = req.argv.first().cloned().unwrap_or_default();
         tracing::debug!(vm_id = %self.shared.vm, program = %argv0, "exec in the guest");
         match self
