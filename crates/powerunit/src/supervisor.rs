@@ -23,6 +23,8 @@ use crate::{console, disks, exec, modules, mounts, net, say};
 
 /// How long the other services and processes get after the first service ended.
 const EXIT_GRACE: Duration = Duration::from_secs(3);
+/// At shutdown, the least time processes other than the services get after SIGTERM.
+const LEFTOVER_MIN_WAIT: Duration = Duration::from_millis(200);
 /// How long to wait for the disks, the NIC and the agent port to appear.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
 const PORT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -229,12 +231,22 @@ impl Init {
     /// the same for every other process, and power off.
     fn shutdown(&mut self, grace: Duration) -> ! {
         say!("stopping all processes");
+        let deadline = Instant::now() + grace;
         let first = self.services.as_mut().and_then(|s| s.stop(grace));
         if let Some(code) = first {
             self.workload_ended(code);
         }
+        // The rest of the grace for the other processes (the host waits little beyond it),
+        // but a moment at least for those that end at once on SIGTERM.
+        let rest = if grace.is_zero() {
+            Duration::ZERO
+        } else {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(LEFTOVER_MIN_WAIT, EXIT_GRACE)
+        };
         let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
-        if !self.wait_children(grace.min(EXIT_GRACE)) {
+        if !self.wait_children(rest) {
             say!(
                 "processes left after {} ms: killing them",
                 grace.as_millis()
