@@ -15,6 +15,7 @@ use std::io::{ErrorKind, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -26,8 +27,8 @@ pub const LOG_DIR: &str = "/var/log/pitwall";
 pub const LOG_CAP: u64 = 4 << 20;
 /// A line longer than this is cut into pieces of this size.
 const MAX_LINE: usize = 16 << 10;
-/// How long the thread sleeps in `poll` before looking at its requests again.
-const POLL_MS: u16 = 50;
+/// How long the thread sleeps in `poll` at most (requests wake it at once).
+const POLL_MS: u16 = 1000;
 
 /// Splits a byte stream into lines (without their `\n`).
 #[derive(Debug, Default)]
@@ -133,6 +134,8 @@ enum Request {
 #[derive(Clone)]
 pub struct Logger {
     requests: Sender<Request>,
+    /// Written after each request: wakes the thread from `poll`.
+    wake: Arc<OwnedFd>,
 }
 
 struct Pipe {
@@ -145,16 +148,27 @@ impl Logger {
     /// Start the thread; `dir` holds the log files, `console` gets the prefixed lines.
     pub fn start(dir: PathBuf, console: Box<dyn Write + Send>) -> std::io::Result<Self> {
         let (tx, rx) = channel();
+        let (woken, wake) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         std::thread::Builder::new()
             .name("logs".into())
-            .spawn(move || Output::new(dir, console).run(rx))?;
-        Ok(Self { requests: tx })
+            .spawn(move || Output::new(dir, console).run(rx, woken))?;
+        Ok(Self {
+            requests: tx,
+            wake: Arc::new(wake),
+        })
+    }
+
+    fn send(&self, request: Request) -> bool {
+        let sent = self.requests.send(request).is_ok();
+        // A full wake pipe already wakes the thread: nothing to do on EAGAIN.
+        let _ = nix::unistd::write(&*self.wake, &[1]);
+        sent
     }
 
     /// Read `pipe` (the read end of a run of `service`) until it closes.
     pub fn add(&self, service: &str, pipe: OwnedFd) {
         let _ = fcntl(&pipe, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-        let _ = self.requests.send(Request::Add {
+        self.send(Request::Add {
             service: service.to_string(),
             pipe,
         });
@@ -163,11 +177,11 @@ impl Logger {
     /// Wait (up to `timeout`) until everything written so far to `service`'s pipes is out.
     pub fn drain(&self, service: &str, timeout: Duration) {
         let (done, wait) = channel();
-        let sent = self.requests.send(Request::Drain {
+        let sent = self.send(Request::Drain {
             service: service.to_string(),
             done,
         });
-        if sent.is_ok() {
+        if sent {
             let _ = wait.recv_timeout(timeout);
         }
     }
@@ -190,7 +204,7 @@ impl Output {
         }
     }
 
-    fn run(mut self, requests: Receiver<Request>) {
+    fn run(mut self, requests: Receiver<Request>, woken: OwnedFd) {
         loop {
             loop {
                 match requests.try_recv() {
@@ -213,15 +227,11 @@ impl Output {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            if self.pipes.is_empty() {
-                std::thread::sleep(Duration::from_millis(u64::from(POLL_MS)));
-                continue;
-            }
             let ready: Vec<bool> = {
-                let mut fds: Vec<PollFd<'_>> = self
-                    .pipes
-                    .iter()
-                    .map(|p| PollFd::new(p.fd.as_fd(), PollFlags::POLLIN))
+                // The wake pipe first, then the services' pipes.
+                let mut fds: Vec<PollFd<'_>> = std::iter::once(&woken)
+                    .chain(self.pipes.iter().map(|p| &p.fd))
+                    .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
                     .collect();
                 if poll(&mut fds, PollTimeout::from(POLL_MS)).unwrap_or(0) <= 0 {
                     continue;
@@ -230,7 +240,11 @@ impl Output {
                     .map(|f| !f.revents().unwrap_or(PollFlags::empty()).is_empty())
                     .collect()
             };
-            for (i, r) in ready.into_iter().enumerate() {
+            if ready[0] {
+                let mut sink = [0u8; 64];
+                while matches!(nix::unistd::read(&woken, &mut sink), Ok(n) if n > 0) {}
+            }
+            for (i, r) in ready.into_iter().skip(1).enumerate() {
                 if r {
                     self.read(i);
                 }
