@@ -135,6 +135,25 @@ async fn services_restart_by_policy_log_their_output_and_exec_runs_commands() {
         !log.contains("crashy|"),
         "the log holds the raw lines: {log}"
     );
+    // The same log through the agent's ReadLog: a tail, and the main service by default.
+    let tail = vm.read_log("crashy", 10).await.unwrap();
+    assert_eq!(
+        (tail.service.as_str(), tail.truncated),
+        ("crashy", true),
+        "{tail:?}"
+    );
+    assert!(
+        log.ends_with(&*String::from_utf8_lossy(&tail.data)),
+        "{tail:?}"
+    );
+    assert_eq!(tail.data.len(), 10);
+    assert_eq!(vm.read_log("", 4096).await.unwrap().service, "main");
+    match vm.read_log("nope", 10).await {
+        Err(VmmError::GuestRefused { why, .. }) => {
+            assert!(why.contains("crashy") && why.contains("main"), "{why}")
+        }
+        other => panic!("expected a refusal naming the services, got {other:?}"),
+    }
 
     // Exec: stdin in, stdout, stderr and the code out; the image's env and its own.
     let r = vm

@@ -357,7 +357,7 @@ mod tests {
             (b"old2\nnew1\n".to_vec(), true)
         );
         assert_eq!(tail(d, "web", 5).unwrap(), (b"new1\n".to_vec(), true));
-        assert_eq!(tail(d, "web", 3).unwrap(), (b"1\n".to_vec(), true));
+        assert_eq!(tail(d, "web", 3).unwrap(), (b"w1\n".to_vec(), true));
     }
 
     #[test]
