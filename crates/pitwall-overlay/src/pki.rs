@@ -66,6 +66,11 @@ impl OverlayCa {
         &self.cert_pem
     }
 
+    /// The CA's private key (PEM), to keep it on disk.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
     /// A terminator's client certificate: CN `host:<host>`.
     pub fn issue_host(&self, host: &str) -> Result<IssuedCert, OverlayError> {
         check_host(host).map_err(OverlayError::Issue)?;

@@ -18,6 +18,36 @@ pub struct Config {
     pub host: HostSection,
     pub control: ControlSection,
     pub auth: AuthSection,
+    pub overlay: OverlaySection,
+}
+
+/// `[overlay]`: how users reach VM services with no host port (ARCHITECTURE §7): the control
+/// plane's edge, which terminators dial out to (QUIC, mutual TLS with the overlay CA).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlaySection {
+    /// Off: no edge and no terminator (`pitwall ssh`/`proxy` answer 503). `PITWALL_OVERLAY`.
+    pub enabled: bool,
+    /// UDP address the edge listens on for terminators (port 0: any free one).
+    /// `PITWALL_EDGE_LISTEN`.
+    pub edge_listen: String,
+    /// Where this host's terminator reaches the edge (`host:port`); default the edge's own
+    /// address (127.0.0.1 for an unspecified one). `PITWALL_EDGE_ADDRESS`.
+    pub edge_address: Option<String>,
+    /// Names (DNS or IP) in the edge's certificate; the terminator checks the first one.
+    /// `PITWALL_EDGE_NAMES` (comma-separated).
+    pub edge_names: Vec<String>,
+}
+
+impl Default for OverlaySection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            edge_listen: "127.0.0.1:0".into(),
+            edge_address: None,
+            edge_names: vec!["127.0.0.1".into(), "localhost".into()],
+        }
+    }
 }
 
 /// Who may use the API (ARCHITECTURE §8).
@@ -211,6 +241,7 @@ impl Default for Config {
             host: HostSection::default(),
             control: ControlSection::default(),
             auth: AuthSection::default(),
+            overlay: OverlaySection::default(),
         }
     }
 }
@@ -290,6 +321,27 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Resul
     }
     if let Some(v) = get("PITWALL_NETNS") {
         cfg.host.network.get_or_insert_with(Default::default).netns = Some(v);
+    }
+    if let Some(v) = get("PITWALL_OVERLAY") {
+        cfg.overlay.enabled = match v.as_str() {
+            "on" | "1" | "true" => true,
+            "off" | "0" | "false" => false,
+            other => anyhow::bail!("PITWALL_OVERLAY={other:?}: use \"on\" or \"off\""),
+        };
+    }
+    if let Some(v) = get("PITWALL_EDGE_LISTEN") {
+        cfg.overlay.edge_listen = v;
+    }
+    if let Some(v) = get("PITWALL_EDGE_ADDRESS") {
+        cfg.overlay.edge_address = Some(v);
+    }
+    if let Some(v) = get("PITWALL_EDGE_NAMES") {
+        cfg.overlay.edge_names = v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
     }
     if let Some(v) = get("PITWALL_INSECURE_REGISTRIES") {
         cfg.host.registry.insecure = v
@@ -540,6 +592,30 @@ mod tests {
             e.contains("base_format") && e.contains("\"erofs\" or \"ext4\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_overlay_is_on_with_a_local_edge_unless_configured() {
+        let c = load(None, &HashMap::new()).unwrap();
+        assert!(c.overlay.enabled);
+        assert_eq!(c.overlay.edge_listen, "127.0.0.1:0");
+        let env = HashMap::from([
+            ("PITWALL_OVERLAY".to_string(), "off".to_string()),
+            (
+                "PITWALL_EDGE_LISTEN".to_string(),
+                "10.0.0.1:7443".to_string(),
+            ),
+            (
+                "PITWALL_EDGE_NAMES".to_string(),
+                "10.0.0.1, edge.example".to_string(),
+            ),
+        ]);
+        let c = load(None, &env).unwrap();
+        assert!(!c.overlay.enabled);
+        assert_eq!(c.overlay.edge_listen, "10.0.0.1:7443");
+        assert_eq!(c.overlay.edge_names, ["10.0.0.1", "edge.example"]);
+        let bad = HashMap::from([("PITWALL_OVERLAY".to_string(), "perhaps".to_string())]);
+        assert!(format!("{:#}", load(None, &bad).unwrap_err()).contains("PITWALL_OVERLAY"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod overlay;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -102,6 +103,57 @@ pub async fn run_all(cfg: Config) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
 
     let host_cfg = host_config(&cfg)?;
+    // The overlay: the edge first (the terminator dials it), then the terminator, before the
+    // host, so it hears the statuses of the VMs the host re-attaches to.
+    let edge = if cfg.overlay.enabled {
+        let ca = overlay::open_ca(&cfg.data_dir.join("overlay"))?;
+        let listen: std::net::SocketAddr = cfg.overlay.edge_listen.parse().with_context(|| {
+            format!(
+                "[overlay] edge_listen {:?} is not an IP address and port",
+                cfg.overlay.edge_listen
+            )
+        })?;
+        let edge = Arc::new(overlay::start_edge(
+            &ca,
+            listen,
+            &cfg.overlay.edge_names,
+            store.clone(),
+        )?);
+        let bound = edge.local_addr();
+        let edge_address = cfg.overlay.edge_address.clone().unwrap_or_else(|| {
+            if bound.ip().is_unspecified() {
+                format!("127.0.0.1:{}", bound.port())
+            } else {
+                bound.to_string()
+            }
+        });
+        let server_name = cfg
+            .overlay
+            .edge_names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into());
+        let netns = host_cfg
+            .network
+            .as_ref()
+            .and_then(|n| n.netns.as_deref())
+            .map(pitwall_net::netns_path);
+        let overlay = overlay::start_terminator(
+            &ca,
+            &host_cfg.name,
+            edge_address.clone(),
+            server_name,
+            netns,
+        )?;
+        let terminator = Arc::new(pitwall_terminator::Terminator::new(Arc::new(overlay)));
+        pitwall_terminator::run(&host_cfg.name, bus.clone(), terminator)
+            .await
+            .context("cannot start the terminator")?;
+        tracing::info!(edge = %bound, terminator_dials = %edge_address, "overlay ready");
+        Some(edge)
+    } else {
+        None
+    };
     tracing::info!(
         host = host_cfg.name,
         "starting host (this provisions the guest kernel on first start)"
@@ -125,6 +177,9 @@ pub async fn run_all(cfg: Config) -> anyhow::Result<()> {
     let control = Control::start(ccfg, store, bus, auth)
         .await
         .context("cannot start the control plane")?;
+    if let Some(edge) = edge {
+        control.set_edge(Arc::new(overlay::EdgeDialer(edge)));
+    }
 
     tracing::info!(%local, host = host.name(), "pitwalld all is ready");
     if let Some(tls) = tls_listener {
