@@ -5,6 +5,11 @@
 #
 # Environment: PITWALL_DEMO_DIR (data directory, default ./.pitwall/demo),
 #              PITWALL_LISTEN (default 127.0.0.1:7070).
+#
+# VM networking runs inside the network namespace `pitwall-demo` (bridge, TAPs, firewall table
+# and QEMU live there), so the demo changes nothing of this machine's own network but one
+# private veth pair (pwdemo0, 10.231.0.1/30 ↔ 10.231.0.2/30) over which the namespace's
+# terminator dials the edge. `ip netns del pitwall-demo` removes both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -19,6 +24,19 @@ PITWALL="$BIN/pitwall"
 mkdir -p "$DATA"
 
 say() { printf '\033[1mdemo:\033[0m %s\n' "$*"; }
+
+NETNS=pitwall-demo
+if ! ip netns list | grep -qw "$NETNS"; then
+    say "creating network namespace $NETNS (VM networking lives there) and veth pwdemo0"
+    ip netns add "$NETNS"
+    ip netns exec "$NETNS" ip link set lo up
+    ip link add pwdemo0 type veth peer name edge0 netns "$NETNS"
+    ip addr add 10.231.0.1/30 dev pwdemo0
+    ip link set pwdemo0 up
+    ip netns exec "$NETNS" ip addr add 10.231.0.2/30 dev edge0
+    ip netns exec "$NETNS" ip link set edge0 up
+fi
+export PITWALL_NETNS="$NETNS" PITWALL_EDGE_LISTEN=10.231.0.1:0 PITWALL_EDGE_NAMES=10.231.0.1
 
 if "$PITWALL" health >/dev/null 2>&1; then
     say "pitwalld already answers at $PITWALL_API; using it"
@@ -63,12 +81,22 @@ for _ in $(seq 1 50); do
 done
 "$PITWALL" vm console demo | grep -v '^\s*$' | tail -n 5
 
+say "its services, and a command run in it through the guest agent:"
+"$PITWALL" vm services demo
+"$PITWALL" exec demo -- uname -a
+if "$PITWALL" ssh demo -- echo "ssh through the edge works: \$(hostname)" 2>/dev/null; then :; else
+    say "(pitwall ssh did not get through; see $DATA/pitwalld.log)"
+fi
+
 cat <<NEXT
 
 Pitwall runs at $PITWALL_API with the VM "demo". Try:
   export PATH="$BIN:\$PATH" PITWALL_API=$PITWALL_API
   pitwall vm list
   pitwall vm console demo
+  pitwall ssh demo                    # a shell in the VM, through the edge (no host port)
+  pitwall exec demo -- ps             # a command through the guest agent
+  pitwall vm services demo; pitwall vm logs demo
   pitwall vm stop demo --wait && pitwall vm start demo --wait
   pitwall vm create second --image demo/hello:latest --wait
   pitwall vm delete demo --wait

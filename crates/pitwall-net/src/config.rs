@@ -12,6 +12,9 @@ use crate::NetError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetConfig {
+    /// False: the host runs VMs without any network interface (the daemon reads this; the
+    /// library itself ignores it).
+    pub enabled: bool,
     /// Bridge device the VMs' TAPs are attached to.
     pub bridge: String,
     /// The VM subnet, shared by all hosts (the bridge gets the gateway address in it).
@@ -43,6 +46,7 @@ pub struct NetConfig {
 impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
+            enabled: true,
             bridge: "fcbr0".into(),
             subnet: Ipv4Net::new(Ipv4Addr::new(172, 30, 0, 0), 16).unwrap_or_default(),
             gateway: None,

@@ -214,6 +214,9 @@ impl Daemon {
             .arg(&self.data_dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .env("PITWALL_CACHE_DIR", cache_dir())
+            // Tests never touch the machine's own network: host networking stays off unless
+            // the test puts it in a namespace of its own (PITWALL_NETNS) or asks for it.
+            .env("PITWALL_NETWORK", "off")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "PITWALL_LOG",

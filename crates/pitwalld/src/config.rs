@@ -127,8 +127,8 @@ pub struct HostSection {
     /// or `ext4`. Images already in the cache keep theirs.
     pub base_format: String,
     /// `[host.network]`: host networking for VMs (bridge, a TAP and an address per VM, NAT).
-    /// Absent: VMs get no network interface. `PITWALL_NETWORK=on|off` turns it on (with the
-    /// defaults, unless the section is there) or off.
+    /// On by default; `enabled = false` (or `PITWALL_NETWORK=off`) runs VMs without any
+    /// network interface.
     pub network: Option<pitwall_net::NetConfig>,
 }
 
@@ -257,7 +257,7 @@ impl Default for HostSection {
             boot_timeout: "120s".into(),
             registry: RegistrySection::default(),
             base_format: "erofs".into(),
-            network: None,
+            network: Some(pitwall_net::NetConfig::default()),
         }
     }
 }
@@ -313,14 +313,25 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Resul
     if let Some(v) = get("PITWALL_NETWORK") {
         match v.as_str() {
             "on" | "1" | "true" => {
-                cfg.host.network.get_or_insert_with(Default::default);
+                cfg.host
+                    .network
+                    .get_or_insert_with(Default::default)
+                    .enabled = true;
             }
-            "off" | "0" | "false" => cfg.host.network = None,
+            "off" | "0" | "false" => {
+                cfg.host
+                    .network
+                    .get_or_insert_with(Default::default)
+                    .enabled = false;
+            }
             other => anyhow::bail!("PITWALL_NETWORK={other:?}: use \"on\" or \"off\""),
         }
     }
     if let Some(v) = get("PITWALL_NETNS") {
-        cfg.host.network.get_or_insert_with(Default::default).netns = Some(v);
+        // A namespace asked for is networking wanted (it wins over PITWALL_NETWORK=off).
+        let n = cfg.host.network.get_or_insert_with(Default::default);
+        n.netns = Some(v);
+        n.enabled = true;
     }
     if let Some(v) = get("PITWALL_OVERLAY") {
         cfg.overlay.enabled = match v.as_str() {
@@ -619,9 +630,21 @@ mod tests {
     }
 
     #[test]
-    fn host_networking_is_off_unless_configured_and_keeps_its_pool_in_the_data_dir() {
+    fn host_networking_is_on_unless_turned_off_and_keeps_its_pool_in_the_data_dir() {
         let c = load(None, &HashMap::new()).unwrap();
+        let on = crate::host_config(&c)
+            .unwrap()
+            .network
+            .expect("on by default");
+        assert_eq!(on.bridge, "fcbr0");
+        let d0 = tempfile::tempdir().unwrap();
+        let off = d0.path().join("off.toml");
+        std::fs::write(&off, "[host.network]\nenabled = false\n").unwrap();
+        let c = load(Some(&off), &HashMap::new()).unwrap();
         assert_eq!(crate::host_config(&c).unwrap().network, None);
+        let on_again = HashMap::from([("PITWALL_NETWORK".to_string(), "on".to_string())]);
+        let c = load(Some(&off), &on_again).unwrap();
+        assert!(crate::host_config(&c).unwrap().network.is_some());
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("p.toml");
         std::fs::write(

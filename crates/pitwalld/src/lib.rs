@@ -61,7 +61,7 @@ pub fn host_config(cfg: &Config) -> anyhow::Result<HostConfig> {
     h.accel = config::accel(&cfg.host.accel)?;
     h.boot_timeout = config::duration("host.boot_timeout", &cfg.host.boot_timeout)?;
     h.registry = cfg.host.registry.options()?;
-    h.network = cfg.host.network.clone().map(|mut n| {
+    h.network = cfg.host.network.clone().filter(|n| n.enabled).map(|mut n| {
         // The address pool's state belongs to this host's data, unless placed elsewhere.
         if n.state_dir == pitwall_net::NetConfig::default().state_dir {
             n.state_dir = cfg.data_dir.join("host").join("net");
