@@ -29,6 +29,7 @@ pub mod mounts;
 pub mod net;
 pub mod reaper;
 pub mod services;
+pub mod ssh;
 pub mod supervisor;
 pub mod wire;
 pub mod workload;

@@ -28,15 +28,17 @@ pub struct Spec {
     pub gid: u32,
 }
 
+/// One line of `/etc/passwd` (also the SSH server's login users).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct PasswdEntry {
-    name: String,
-    uid: u32,
-    gid: u32,
-    home: String,
+pub struct PasswdEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
 }
 
-fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -48,6 +50,7 @@ fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
                 uid: f[2].parse().ok()?,
                 gid: f[3].parse().ok()?,
                 home: f[5].to_string(),
+                shell: f[6].to_string(),
             })
         })
         .collect()
