@@ -37,8 +37,8 @@ use russh::{Channel, MethodKind, MethodSet};
 
 use crate::err;
 use crate::error::{Context, Result};
-use crate::workload::{parse_passwd, PasswdEntry};
 use crate::say;
+use crate::workload::{parse_passwd, PasswdEntry};
 
 /// Where the host key lives in the guest (on the VM's writable overlay).
 pub const HOST_KEY_PATH: &str = "/var/lib/pitwall/ssh/ssh_host_ed25519_key";
@@ -86,7 +86,11 @@ impl Policy {
 
     /// Why `key` may not log in, if it may not.
     fn check_key(&self, key: &PublicKey) -> std::result::Result<(), String> {
-        if self.authorized.iter().any(|k| k.key_data() == key.key_data()) {
+        if self
+            .authorized
+            .iter()
+            .any(|k| k.key_data() == key.key_data())
+        {
             Ok(())
         } else {
             Err("key not in authorized_keys".into())
@@ -285,12 +289,7 @@ impl Connection {
     }
 
     /// Accept `user` if `verdict` is Ok and the user exists; log either way.
-    fn decide(
-        &mut self,
-        user: &str,
-        what: &str,
-        verdict: std::result::Result<(), String>,
-    ) -> Auth {
+    fn decide(&mut self, user: &str, what: &str, verdict: std::result::Result<(), String>) -> Auth {
         let verdict = verdict.and_then(|()| {
             self.shared
                 .user(user)
@@ -321,18 +320,6 @@ fn now() -> u64 {
 
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
-
-    async fn auth_publickey_offered(
-        &mut self,
-        _user: &str,
-        key: &PublicKey,
-    ) -> std::result::Result<Auth, Self::Error> {
-        // Spare the client a signature for a key that cannot pass.
-        Ok(match self.shared.policy.check_key(key) {
-            Ok(()) => Auth::Accept,
-            Err(_) => Auth::reject(),
-        })
-    }
 
     async fn auth_publickey(
         &mut self,
@@ -458,7 +445,10 @@ mod tests {
         let path = dir.path().join("a/b/key");
         let k1 = host_key(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         let k2 = host_key(&path).unwrap();
         assert_eq!(k1.public_key(), k2.public_key());
     }

@@ -62,7 +62,7 @@ pub async fn run(mut channel: Channel<Msg>, user: PasswdEntry, handle: Handle) {
                 return process(channel, &user, Some(command), pty, env, handle).await;
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) if name == "sftp" => {
-                return super::sftp::serve(channel, user, handle).await;
+                return super::sftp::serve(channel, user).await;
             }
             Some(ChannelMsg::Close) | None => return,
             Some(_) => {}
@@ -401,7 +401,9 @@ async fn process(
                     .await;
             }
             None => {
-                let _ = to_client.exit_status(u32::try_from(code).unwrap_or(255)).await;
+                let _ = to_client
+                    .exit_status(u32::try_from(code).unwrap_or(255))
+                    .await;
             }
         }
         let _ = to_client.eof().await;

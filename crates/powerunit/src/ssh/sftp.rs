@@ -7,29 +7,34 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{
+    DirBuilderExt as _, FileExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use russh::server::{Handle, Msg};
-use russh::Channel;
+use bytes::Bytes;
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg};
 use russh_sftp::protocol::{
     Attrs, Data, File as Entry, FileAttributes, Handle as SftpHandle, Name, OpenFlags, Status,
     StatusCode,
 };
 use russh_sftp::server::StatusReply;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use crate::say;
 use crate::workload::PasswdEntry;
 
-/// Serve SFTP on `channel` until the client ends it.
-pub async fn serve(channel: Channel<Msg>, user: PasswdEntry, handle: Handle) {
-    let id = channel.id();
+/// Serve SFTP on `channel` until the client ends it. The SFTP server talks over an in-memory
+/// pipe that this task copies to and from the channel, so the exit status, EOF and close go
+/// out in order once it is done.
+pub async fn serve(channel: Channel<Msg>, user: PasswdEntry) {
+    let (mine, theirs) = tokio::io::duplex(256 * 1024);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let stream = Tracked {
-        inner: channel.into_stream(),
+        inner: theirs,
         _done: done_tx,
     };
     let name = user.name.clone();
@@ -52,15 +57,54 @@ pub async fn serve(channel: Channel<Msg>, user: PasswdEntry, handle: Handle) {
                 let _ = done_rx.await;
             });
         });
-    match spawned {
-        Ok(thread) => {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-        Err(e) => say!("ssh: sftp for {name}: {e}"),
+    if let Err(e) = spawned {
+        say!("ssh: sftp for {name}: {e}");
+        return;
     }
-    let _ = handle.exit_status_request(id, 0).await;
-    let _ = handle.eof(id).await;
-    let _ = handle.close(id).await;
+    let (mut from_client, to_client) = channel.split();
+    let (mut out, mut input) = tokio::io::split(mine);
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        while let Some(data) = in_rx.recv().await {
+            if input.write_all(&data).await.is_err() {
+                return;
+            }
+        }
+        let _ = input.shutdown().await;
+    });
+    let mut in_tx = Some(in_tx);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut client_open = true;
+    loop {
+        tokio::select! {
+            n = out.read(&mut buf) => match n {
+                Ok(n) if n > 0 => {
+                    if to_client.data_bytes(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            },
+            msg = from_client.wait(), if client_open => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if let Some(tx) = &in_tx {
+                        let _ = tx.send(data);
+                    }
+                }
+                Some(ChannelMsg::Eof) => in_tx = None,
+                Some(ChannelMsg::Close) | None => {
+                    client_open = false;
+                    in_tx = None;
+                }
+                Some(_) => {}
+            },
+        }
+    }
+    if client_open {
+        let _ = to_client.exit_status(0).await;
+        let _ = to_client.eof().await;
+        let _ = to_client.close().await;
+    }
 }
 
 /// This thread's filesystem identity becomes `user`'s (a no-op when not running as root).
@@ -113,10 +157,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
