@@ -201,7 +201,7 @@ pub fn start(policy: Policy, opts: Options) -> Result<Started> {
             });
         })
         .context(|| "ssh: start thread".to_string())?;
-    say!("ssh listening on {addr}");
+    say!("ssh listening on {addr}, host key {host_key}");
     Ok(Started { host_key, addr })
 }
 

@@ -19,7 +19,7 @@ use crate::error::{Context, Result};
 use crate::logs::{self, Logger};
 use crate::reaper::Reaper;
 use crate::services::{self, Services};
-use crate::{console, disks, exec, modules, mounts, net, say};
+use crate::{console, disks, exec, modules, mounts, net, say, ssh};
 
 /// How long the other services and processes get after the first service ended.
 const EXIT_GRACE: Duration = Duration::from_secs(3);
@@ -104,6 +104,11 @@ impl Init {
             .as_ref()
             .map(net::Plan::from_config)
             .transpose()?;
+        let ssh = cfg
+            .ssh
+            .as_ref()
+            .map(|c| ssh::Policy::from_config(c, &cfg.vm_id))
+            .transpose()?;
         say!(
             "vm {}: config {}, base {} ({}), data {}",
             cfg.vm_id,
@@ -126,6 +131,16 @@ impl Init {
             DEVICE_TIMEOUT,
         )?;
         net::write_etc(Path::new("/etc"), &hostname, network.as_ref());
+        if let Some(policy) = ssh {
+            // Not fatal: the workload runs without SSH; the console says why.
+            let opts = ssh::Options::guest(&policy);
+            match ssh::start(policy, opts) {
+                Ok(started) => {
+                    self.set_status(|s| s.ssh_host_key = started.host_key);
+                }
+                Err(e) => say!("ssh server not started: {e}"),
+            }
+        }
 
         self.start_services(&cfg, &hostname)?;
         let status = self.set_status(|s| s.ready = true);
