@@ -5,7 +5,8 @@
 //! agent port, finds its disks by content (config disk by magic, ext4 disks by label),
 //! overlays the VM's writable disk on the shared read-only base, switches root, brings up
 //! loopback and the NIC the config names (address, default route, `/etc/hosts`,
-//! `/etc/resolv.conf`), starts the services the config declares (restarted by their policy,
+//! `/etc/resolv.conf`), starts the SSH server when the config asks for one ([`ssh`]), starts
+//! the services the config declares (restarted by their policy,
 //! their output on the console and in `/var/log/pitwall`), reports readiness to the host,
 //! serves its agent requests (service status, exec), reaps every child, and powers the guest
 //! off when the first service ends for good or the host asks.
@@ -14,7 +15,7 @@
 //! dependencies (it is a static binary inside every guest), or trust device order.
 //!
 //! Module map: [`supervisor`] runs the sequence; [`mounts`], [`modules`], [`disks`],
-//! [`net`], [`agent`], [`workload`] do one stage each; [`services`] supervises the declared
+//! [`net`], [`agent`], [`workload`], [`ssh`] do one stage each; [`services`] supervises the declared
 //! services, [`logs`] carries their output, [`exec`] runs the agent's commands; [`reaper`]
 //! hands exit codes to whoever started a process; [`wire`] holds the host ↔ guest encodings.
 
