@@ -126,6 +126,17 @@ async fn a_guest_serves_ssh_and_scp_to_an_authorized_key() {
         console(&*vm)
     );
 
+    // A terminal session gets a pseudo-terminal of the guest's devpts.
+    let mut tty = vec!["ssh".to_string(), "-tt".into()];
+    tty.extend(opts.iter().cloned());
+    tty.extend([format!("root@{GUEST}"), "tty".into()]);
+    let o = ns.exec(&tty.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("/dev/pts/"),
+        "{}",
+        text(&o)
+    );
+
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let local = keys.path().join("payload");
     std::fs::write(&local, &data).unwrap();

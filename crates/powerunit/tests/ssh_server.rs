@@ -15,6 +15,8 @@ use powerunit::ssh::{self, Options, Policy};
 
 const DIR_VAR: &str = "POWERUNIT_SSH_TEST_DIR";
 const VM: &str = "test";
+const UNPRIVILEGED: &str = "pu-test-user";
+const UNPRIVILEGED_ID: u32 = 65534;
 
 /// Not a test of its own: the server's process when [`DIR_VAR`] is set (see the module doc).
 #[test]
@@ -35,7 +37,7 @@ fn server_process() {
         Options {
             addr: "127.0.0.1:0".parse().expect("addr"),
             host_key: dir.join("ssh_host_ed25519_key"),
-            passwd: PathBuf::from("/etc/passwd"),
+            passwd: dir.join("passwd"),
         },
     )
     .expect("start");
@@ -102,6 +104,13 @@ impl Server {
             dir.path().join("authorized_keys"),
         )
         .expect("authorized_keys");
+        // The machine's users and one unprivileged user whose home is the test's directory.
+        let mut passwd = std::fs::read_to_string("/etc/passwd").expect("passwd");
+        passwd.push_str(&format!(
+            "{UNPRIVILEGED}:x:{UNPRIVILEGED_ID}:{UNPRIVILEGED_ID}::{}:/bin/sh\n",
+            dir.path().join("home").display()
+        ));
+        std::fs::write(dir.path().join("passwd"), passwd).expect("passwd");
         let mut s = Server {
             dir,
             child: None,
@@ -344,4 +353,57 @@ fn the_host_key_survives_a_restart() {
     assert_eq!(s.host_key(), before);
     let o = s.ssh("user", &["true"]);
     assert!(o.status.success(), "{o:?}");
+}
+
+#[test]
+fn a_session_runs_as_the_login_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: switching users needs root");
+        return;
+    }
+    let s = Server::new();
+    let o = s.ssh_as(UNPRIVILEGED, "user", &["id -u; id -g; echo $HOME $USER"]);
+    assert_eq!(
+        stdout(&o),
+        format!("{UNPRIVILEGED_ID}\n{UNPRIVILEGED_ID}\n/ {UNPRIVILEGED}\n"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn sftp_writes_as_the_login_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: switching users needs root");
+        return;
+    }
+    let s = Server::new();
+    std::fs::write(s.path("small"), b"x").expect("small");
+    let open = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        open.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    // The test's own directory is root's (0700): the user may not write there.
+    let batch = format!(
+        "put {0}/small {1}/mine\n-put {0}/small {0}/denied\n",
+        s.dir.path().display(),
+        open.path().display()
+    );
+    std::fs::write(s.path("batch"), batch).expect("batch");
+    let o = Command::new("sftp")
+        .args(s.opts("user"))
+        .args(["-P", &s.port.to_string(), "-b"])
+        .arg(s.path("batch"))
+        .arg(format!("{UNPRIVILEGED}@127.0.0.1"))
+        .output()
+        .expect("sftp");
+    assert!(o.status.success(), "{o:?}");
+    let meta = std::fs::metadata(open.path().join("mine")).expect("mine");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), UNPRIVILEGED_ID);
+    assert!(!s.path("denied").exists());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ermission denied"),
+        "{o:?}"
+    );
 }
