@@ -303,6 +303,17 @@ fn random_file(path: &Path) -> Vec<u8> {
 
 #[test]
 fn scp_puts_and_gets_a_file_unchanged() {
+    scp_round_trip(&[]);
+}
+
+/// Legacy `scp -O` runs the server machine's own `scp` program over exec (as it would run
+/// the image's in a guest).
+#[test]
+fn legacy_scp_works_where_there_is_an_scp_program() {
+    scp_round_trip(&["-O"]);
+}
+
+fn scp_round_trip(flags: &[&str]) {
     let s = Server::new();
     let data = random_file(&s.path("local"));
     let remote = s.path("remote");
@@ -311,6 +322,7 @@ fn scp_puts_and_gets_a_file_unchanged() {
         (s.target(&remote), s.path("back").display().to_string()),
     ] {
         let o = Command::new("scp")
+            .args(flags)
             .args(s.opts("user"))
             .args(["-P", &s.port.to_string(), &from, &to])
             .output()
@@ -406,4 +418,22 @@ fn sftp_writes_as_the_login_user() {
         String::from_utf8_lossy(&o.stderr).contains("ermission denied"),
         "{o:?}"
     );
+}
+
+#[test]
+fn stdin_reaches_the_command_and_all_its_output_comes_back() {
+    let s = Server::new();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(s.path("input"), &data).expect("input");
+    let o = Command::new("ssh")
+        .args(s.opts("user"))
+        .args(["-p", &s.port.to_string(), "-l", &login_user(), "127.0.0.1"])
+        .arg("cat; echo trailer")
+        .stdin(std::fs::File::open(s.path("input")).expect("input"))
+        .output()
+        .expect("ssh");
+    assert!(o.status.success(), "{:?}", o.status);
+    let mut want = data;
+    want.extend_from_slice(b"trailer\n");
+    assert!(o.stdout == want, "{} bytes back", o.stdout.len());
 }
