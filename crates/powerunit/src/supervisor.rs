@@ -104,7 +104,7 @@ impl Init {
             .as_ref()
             .map(net::Plan::from_config)
             .transpose()?;
-        let ssh = cfg
+        let ssh_policy = cfg
             .ssh
             .as_ref()
             .map(|c| ssh::Policy::from_config(c, &cfg.vm_id))
@@ -131,7 +131,7 @@ impl Init {
             DEVICE_TIMEOUT,
         )?;
         net::write_etc(Path::new("/etc"), &hostname, network.as_ref());
-        if let Some(policy) = ssh {
+        if let Some(policy) = ssh_policy {
             // Not fatal: the workload runs without SSH; the console says why.
             let opts = ssh::Options::guest(&policy);
             match ssh::start(policy, opts) {
