@@ -129,6 +129,20 @@ impl User<'_> {
         child.wait_with_output().expect("pitwall output")
     }
 
+    /// `program args...` in the user's namespace and environment (OpenSSH's tools run
+    /// `pitwall` themselves, through the generated configuration).
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns.name, program])
+            .args(args)
+            .env("HOME", &self.home)
+            .env("XDG_CONFIG_HOME", self.home.join("config"))
+            .env("PITWALL_API", format!("http://{CTL_TO_USER}:{API_PORT}"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run")
+    }
+
     /// Runs and requires success; its stdout.
     fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.pitwall(args, stdin);
@@ -335,6 +349,45 @@ fn a_vm_is_reached_through_the_edge_by_its_owner_and_grantees_only_and_its_host_
     admin.ok(&["grant", "web", "bob"], None);
     let granted = bob.ok(&["proxy", "admin:web", "tcp-8080"], Some(""));
     assert_eq!(granted.trim(), GREETING);
+
+    // SSH to the VM by name, through the same path (the guest's own SSH server).
+    let hi = admin.ok(&["ssh", "web", "--", "echo", "hi"], None);
+    assert_eq!(hi, "hi\n");
+
+    // OpenSSH's scp through the configuration `pitwall ssh-config` writes (certificate
+    // renewed by `Match exec`, ProxyCommand `pitwall proxy`, host key from the API): a file
+    // into the VM and back, byte for byte.
+    admin.ok(&["ssh-config", "--write"], None);
+    let config = admin.home.join("config/pitwall/ssh/config");
+    let payload = tmp.path().join("payload.bin");
+    let bytes: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&payload, &bytes).unwrap();
+    let back = tmp.path().join("back.bin");
+    let cfg = config.to_str().unwrap();
+    for (from, to) in [
+        (
+            payload.to_str().unwrap().to_string(),
+            "web.pitwall:/root/payload.bin".to_string(),
+        ),
+        (
+            "web.pitwall:/root/payload.bin".to_string(),
+            back.to_str().unwrap().to_string(),
+        ),
+    ] {
+        let out = admin.run("scp", &["-q", "-F", cfg, "-o", "BatchMode=yes", &from, &to]);
+        assert!(
+            out.status.success(),
+            "scp {from} {to}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            log_text()
+        );
+    }
+    assert!(
+        std::fs::read(&back).unwrap() == bytes,
+        "the file came back changed"
+    );
 
     // Stopped: the service is gone.
     admin.ok(&["vm", "stop", "web", "--wait"], None);
