@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(qemu-system-x86 e2fsprogs erofs-utils nftables iproute2 openssh-server busybox-static kmod tar ca-certificates docker-registry skopeo apache2-utils openssl)
+PACKAGES=(qemu-system-x86 e2fsprogs erofs-utils nftables iproute2 openssh-client openssh-server busybox-static kmod tar ca-certificates docker-registry skopeo apache2-utils openssl)
 CACHE_DIR="${PITWALL_CACHE_DIR:-/var/cache/pitwall}"
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
